@@ -1,0 +1,396 @@
+//! `mist.conf`: parsing, defaults, validation, and the command-line overrides.
+//!
+//! The format is one `key value` per line; `#` starts a comment line; blank lines are ignored.
+//! Every error names the file, the line and the key. Parsing is pure ([`Config::parse`]); only
+//! [`Config::load`] touches the file system.
+
+use log::LevelFilter;
+use std::net::ToSocketAddrs;
+use std::path::Path;
+
+/// Where tokens live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStore {
+    Memory,
+    Postgres,
+}
+
+/// How nodes share publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cluster {
+    None,
+    Postgres,
+}
+
+/// PostgreSQL connection settings, for the token store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgConfig {
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+    pub address: String,
+}
+
+/// The validated settings of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub tcp_listen_address: String,
+    pub http_listen_address: String,
+    pub log_level: LevelFilter,
+    pub auth_store: AuthStore,
+    pub pg: PgConfig,
+    pub cluster: Cluster,
+    pub multicast_interface: Option<String>,
+    pub admin_token: Option<String>,
+    pub client_queue: usize,
+    pub client_queue_bytes: usize,
+    pub max_line_bytes: usize,
+    pub max_tags: usize,
+    pub max_connections: usize,
+    pub max_subscriptions: usize,
+    pub ws_ping_interval: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            tcp_listen_address: "127.0.0.1:1445".into(),
+            http_listen_address: "127.0.0.1:8080".into(),
+            log_level: LevelFilter::Info,
+            auth_store: AuthStore::Memory,
+            pg: PgConfig {
+                user: "postgres".into(),
+                password: None,
+                database: "postgres".into(),
+                address: "127.0.0.1:5432".into(),
+            },
+            cluster: Cluster::None,
+            multicast_interface: None,
+            admin_token: None,
+            client_queue: 16384,
+            client_queue_bytes: 64 << 20,
+            max_line_bytes: 1 << 20,
+            max_tags: 32,
+            max_connections: 10_000,
+            max_subscriptions: 10_000,
+            ws_ping_interval: 30,
+        }
+    }
+}
+
+/// A setting that could not be read. `Display` gives `FILE:LINE: KEY: REASON`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}:{line}: {key}: {reason}")]
+    Setting {
+        file: String,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+    #[error("{file}: {reason}")]
+    File { file: String, reason: String },
+    #[error("{flag}: {reason}")]
+    Flag { flag: String, reason: String },
+}
+
+/// Settings given on the command line; they win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub tcp_addr: Option<String>,
+    pub http_addr: Option<String>,
+    pub log_level: Option<String>,
+}
+
+/// The smallest `max_line_bytes` that still fits a useful command.
+const MIN_LINE_BYTES: usize = 64;
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// The file cannot be read, or a line has an unknown key or a bad value.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            file: name.clone(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text, &name)
+    }
+
+    /// Parses config text; `file` is only used in error messages.
+    ///
+    /// # Errors
+    /// An unknown key, a missing or bad value, or a key given twice.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line_no = i + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = match line.split_once(char::is_whitespace) {
+                Some((k, v)) => (k, v.trim()),
+                None => (line, ""),
+            };
+            let err = |reason: String| ConfigError::Setting {
+                file: file.to_string(),
+                line: line_no,
+                key: key.to_string(),
+                reason,
+            };
+            if let Some((_, first)) = seen.iter().find(|(k, _)| k == key) {
+                return Err(err(format!("set twice (first on line {first})")));
+            }
+            if value.is_empty() {
+                return Err(err("missing value".into()));
+            }
+            cfg.apply(key, value).map_err(err)?;
+            seen.push((key.to_string(), line_no));
+        }
+        Ok(cfg)
+    }
+
+    /// Applies the command-line overrides.
+    ///
+    /// # Errors
+    /// A flag with a bad value.
+    pub fn override_with(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        let pairs = [
+            ("--tcp-addr", "tcp_listen_address", &o.tcp_addr),
+            ("--http-addr", "http_listen_address", &o.http_addr),
+            ("--log-level", "log_level", &o.log_level),
+        ];
+        for (flag, key, value) in pairs {
+            if let Some(v) = value {
+                self.apply(key, v).map_err(|reason| ConfigError::Flag {
+                    flag: flag.into(),
+                    reason,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets one key. The error is the reason, without location.
+    fn apply(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "tcp_listen_address" => self.tcp_listen_address = address(value)?,
+            "http_listen_address" => self.http_listen_address = address(value)?,
+            "log_level" => self.log_level = log_level(value)?,
+            "auth_store" => {
+                self.auth_store = match value {
+                    "memory" => AuthStore::Memory,
+                    "postgres" => AuthStore::Postgres,
+                    _ => return Err(format!("'{value}' is not one of memory, postgres")),
+                }
+            }
+            "pg_user" => self.pg.user = single_word(value)?,
+            "pg_password" => self.pg.password = Some(value.to_string()),
+            "pg_database" => self.pg.database = single_word(value)?,
+            "pg_address" => self.pg.address = host_port(value)?,
+            "cluster" => {
+                self.cluster = match value {
+                    "none" => Cluster::None,
+                    "postgres" => Cluster::Postgres,
+                    _ => return Err(format!("'{value}' is not one of none, postgres")),
+                }
+            }
+            "multicast_interface" => self.multicast_interface = Some(single_word(value)?),
+            "admin_token" => {
+                crate::tags::validate_token(value.as_bytes()).map_err(|e| e.to_string())?;
+                self.admin_token = Some(value.to_string());
+            }
+            "client_queue" => self.client_queue = number(value, 1, 1 << 24)?,
+            "client_queue_bytes" => self.client_queue_bytes = number(value, 1024, 1 << 40)?,
+            "max_line_bytes" => self.max_line_bytes = number(value, MIN_LINE_BYTES, 1 << 30)?,
+            "max_tags" => self.max_tags = number(value, 1, 4096)?,
+            "max_connections" => self.max_connections = number(value, 1, 1_000_000)?,
+            "max_subscriptions" => self.max_subscriptions = number(value, 1, 100_000_000)?,
+            "ws_ping_interval" => self.ws_ping_interval = number(value, 1, 3600)? as u64,
+            _ => return Err("unknown key".into()),
+        }
+        Ok(())
+    }
+}
+
+fn number(value: &str, min: usize, max: usize) -> Result<usize, String> {
+    let n: usize = value
+        .parse()
+        .map_err(|_| format!("'{value}' is not a whole number"))?;
+    if n < min || n > max {
+        return Err(format!("{n} is out of range ({min}..={max})"));
+    }
+    Ok(n)
+}
+
+fn single_word(value: &str) -> Result<String, String> {
+    if value.contains(char::is_whitespace) {
+        return Err(format!("'{value}' must be one word"));
+    }
+    Ok(value.to_string())
+}
+
+/// `host:port`, syntax only (the host is looked up when it is used).
+fn host_port(value: &str) -> Result<String, String> {
+    let v = single_word(value)?;
+    let Some((host, port)) = v.rsplit_once(':') else {
+        return Err(format!("'{value}' is not host:port"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("'{value}' is not host:port"));
+    }
+    Ok(v)
+}
+
+/// A listen address: `host:port` that resolves now, so a typo stops start-up with this message.
+fn address(value: &str) -> Result<String, String> {
+    let v = host_port(value)?;
+    match v.to_socket_addrs().map(|mut addrs| addrs.next()) {
+        Ok(Some(_)) => Ok(v),
+        Ok(None) => Err(format!("'{value}' resolves to no address")),
+        Err(e) => Err(format!("'{value}': {e}")),
+    }
+}
+
+fn log_level(value: &str) -> Result<LevelFilter, String> {
+    match value.to_ascii_uppercase().as_str() {
+        "TRACE" => Ok(LevelFilter::Trace),
+        "DEBUG" => Ok(LevelFilter::Debug),
+        "INFO" => Ok(LevelFilter::Info),
+        "WARN" => Ok(LevelFilter::Warn),
+        "ERROR" => Ok(LevelFilter::Error),
+        _ => Err(format!(
+            "'{value}' is not one of TRACE, DEBUG, INFO, WARN, ERROR"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.conf")
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(
+            parse("# only a comment\n\n   \n  # indented\n").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn every_key() {
+        let text = "tcp_listen_address 127.0.0.1:1000\n\
+                    http_listen_address [::1]:2000\n\
+                    log_level debug\n\
+                    auth_store postgres\n\
+                    pg_user mist\n\
+                    pg_password two words\n\
+                    pg_database tokens\n\
+                    pg_address db.example:5433\n\
+                    cluster none\n\
+                    multicast_interface eth0\n\
+                    admin_token s3cret\n\
+                    client_queue 10\n\
+                    client_queue_bytes 4096\n\
+                    max_line_bytes 100\n\
+                    max_tags 4\n\
+                    max_connections 7\n\
+                    max_subscriptions 9\n\
+                    ws_ping_interval 5\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.tcp_listen_address, "127.0.0.1:1000");
+        assert_eq!(c.http_listen_address, "[::1]:2000");
+        assert_eq!(c.log_level, LevelFilter::Debug);
+        assert_eq!(c.auth_store, AuthStore::Postgres);
+        assert_eq!(c.pg.user, "mist");
+        assert_eq!(c.pg.password.as_deref(), Some("two words"));
+        assert_eq!(c.pg.database, "tokens");
+        assert_eq!(c.pg.address, "db.example:5433");
+        assert_eq!(c.cluster, Cluster::None);
+        assert_eq!(c.multicast_interface.as_deref(), Some("eth0"));
+        assert_eq!(c.admin_token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            (
+                c.client_queue,
+                c.client_queue_bytes,
+                c.max_line_bytes,
+                c.max_tags,
+                c.max_connections
+            ),
+            (10, 4096, 100, 4, 7)
+        );
+        assert_eq!((c.max_subscriptions, c.ws_ping_interval), (9, 5));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = parse("log_level INFO\n\nbogus 1\n").unwrap_err();
+        assert_eq!(e.to_string(), "test.conf:3: bogus: unknown key");
+        let e = parse("client_queue lots\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "test.conf:1: client_queue: 'lots' is not a whole number"
+        );
+        let e = parse("max_tags 0\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "test.conf:1: max_tags: 0 is out of range (1..=4096)"
+        );
+        let e = parse("log_level loud\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("test.conf:1: log_level: 'loud' is not one of")
+        );
+        let e = parse("auth_store redis\n").unwrap_err();
+        assert!(e.to_string().starts_with("test.conf:1: auth_store:"));
+        let e = parse("tcp_listen_address nowhere\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("test.conf:1: tcp_listen_address:")
+        );
+        let e = parse("admin_token\n").unwrap_err();
+        assert_eq!(e.to_string(), "test.conf:1: admin_token: missing value");
+        let e = parse("max_tags 3\nmax_tags 4\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "test.conf:2: max_tags: set twice (first on line 1)"
+        );
+        let e = parse("pg_address localhost\n").unwrap_err();
+        assert!(e.to_string().starts_with("test.conf:1: pg_address:"));
+    }
+
+    #[test]
+    fn overrides_win() {
+        let mut c = parse("tcp_listen_address 127.0.0.1:1\n").unwrap();
+        c.override_with(&Overrides {
+            tcp_addr: Some("127.0.0.1:2".into()),
+            http_addr: None,
+            log_level: Some("WARN".into()),
+        })
+        .unwrap();
+        assert_eq!(c.tcp_listen_address, "127.0.0.1:2");
+        assert_eq!(c.log_level, LevelFilter::Warn);
+        let e = c
+            .override_with(&Overrides {
+                log_level: Some("x".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(e.to_string().starts_with("--log-level: "));
+    }
+
+    #[test]
+    fn shipped_mist_conf_is_the_defaults() {
+        let text = include_str!("../mist.conf");
+        assert_eq!(parse(text).unwrap(), Config::default());
+    }
+}

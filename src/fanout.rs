@@ -1,0 +1,118 @@
+//! A publishing connection's batch: the messages parsed from one read, delivered together.
+//!
+//! A connection reading `publish` lines quickly gets many per `read()`. They are collected here
+//! and delivered in one step per batch: one index lookup per run of messages with the same
+//! tags (and none at all while the index has not changed since the last lookup for those tags),
+//! one queue operation per subscriber per run, and one socket write per subscriber per batch.
+//! A connection publishing one message at a time gets batches of one, so batching adds no
+//! latency.
+
+use crate::broker::{Broker, Subscriber};
+use crate::message::Message;
+use crate::metrics;
+use crate::outbound::Outbound;
+use crate::tags::TagSet;
+use std::sync::Arc;
+
+/// Consecutive messages of the batch with the same tags.
+struct Run {
+    start: usize,
+    end: usize,
+}
+
+/// The last match, reused while the index generation and the tags are the same.
+struct Cached {
+    tags: Vec<u8>,
+    generation: u64,
+    subs: Vec<Subscriber>,
+}
+
+/// Messages waiting to be delivered, in publish order.
+pub struct Fanout {
+    broker: Broker,
+    msgs: Vec<Arc<Message>>,
+    runs: Vec<Run>,
+    cache: Option<Cached>,
+    touched: Vec<Arc<Outbound>>,
+}
+
+impl Fanout {
+    /// An empty batch.
+    pub fn new(broker: Broker) -> Fanout {
+        Fanout {
+            broker,
+            msgs: Vec::new(),
+            runs: Vec::new(),
+            cache: None,
+            touched: Vec::new(),
+        }
+    }
+
+    /// Adds a message. `tags` are validated; `normalised` tells whether they are already
+    /// sorted and de-duplicated.
+    pub fn add(&mut self, tags: &[u8], normalised: bool, data: &[u8]) {
+        let msg = if normalised {
+            Message::new(tags, data)
+        } else {
+            let set = TagSet::parse(tags, usize::MAX).expect("tags were validated by the parser");
+            Message::new(set.as_str().as_bytes(), data)
+        };
+        let i = self.msgs.len();
+        match self.runs.last_mut() {
+            Some(run) if self.msgs[run.start].tags() == msg.tags() => run.end = i + 1,
+            _ => self.runs.push(Run {
+                start: i,
+                end: i + 1,
+            }),
+        }
+        self.msgs.push(msg);
+    }
+
+    /// True when nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Delivers the batch: queues each message for its subscribers under the index read lock,
+    /// then, with the lock released, writes to the subscribers' sockets.
+    pub fn flush(&mut self) {
+        if self.msgs.is_empty() {
+            return;
+        }
+        metrics::add(
+            &self.broker.metrics().messages_published,
+            self.msgs.len() as u64,
+        );
+        {
+            let index = self.broker.read();
+            for run in &self.runs {
+                let tags = self.msgs[run.start].tags();
+                let fresh = matches!(&self.cache,
+                    Some(c) if c.generation == index.generation() && c.tags == tags);
+                if !fresh {
+                    self.cache = Some(Cached {
+                        tags: tags.to_vec(),
+                        generation: index.generation(),
+                        subs: index.matches(tags),
+                    });
+                }
+                let cached = self.cache.as_ref().expect("just filled");
+                for sub in &cached.subs {
+                    if sub.out.enqueue(&self.msgs[run.start..run.end]) > 0 {
+                        self.touched.push(Arc::clone(&sub.out));
+                    }
+                }
+            }
+        }
+        if self.runs.len() > 1 {
+            self.touched
+                .sort_unstable_by_key(|o| Arc::as_ptr(o) as usize);
+            self.touched.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+        for out in self.touched.drain(..) {
+            out.flush();
+        }
+        self.msgs.clear();
+        self.runs.clear();
+    }
+}

@@ -1,0 +1,259 @@
+//! Splits a byte stream into lines, in a buffer that never grows past the longest allowed line.
+//!
+//! Generic over `Read`, so it is tested with byte slices. The buffer starts small (an idle
+//! subscriber costs little), doubles while reads fill it (a busy publisher gets big reads), and
+//! grows beyond that only as far as one line of `max_line` bytes needs. A line longer than that
+//! is reported once as [`Event::TooLong`]; the rest of it is read and thrown away, never kept.
+
+use std::io::{self, Read};
+
+/// What the buffer yields.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete line, without `\n` and without a `\r` before it.
+    Line(&'a [u8]),
+    /// A line longer than the limit began; its bytes are being discarded.
+    TooLong,
+}
+
+/// Size of a new connection's buffer.
+const INITIAL: usize = 512;
+/// Size the buffer may grow to for throughput, whatever the line limit.
+const BULK: usize = 64 * 1024;
+
+/// A line splitter over a bounded buffer.
+pub struct LineReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Where the search for the next `\n` resumes.
+    scanned: usize,
+    /// Inside an over-long line: drop bytes until its end.
+    discarding: bool,
+    max_line: usize,
+    /// The last read filled the buffer, so a bigger one would have taken more.
+    filled: bool,
+}
+
+impl LineReader {
+    /// A reader for lines of at most `max_line` bytes (not counting `\r\n`).
+    pub fn new(max_line: usize) -> LineReader {
+        LineReader {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            scanned: 0,
+            discarding: false,
+            max_line,
+            filled: false,
+        }
+    }
+
+    /// The most the buffer can hold: one longest line with its `\r\n`, or the bulk size.
+    fn cap(&self) -> usize {
+        (self.max_line + 2).max(BULK)
+    }
+
+    /// Reads once from `r`. Returns the number of bytes read; 0 means end of stream.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub fn fill(&mut self, r: &mut impl Read) -> io::Result<usize> {
+        self.make_room();
+        let n = r.read(&mut self.buf[self.end..])?;
+        self.filled = self.end + n == self.buf.len();
+        self.end += n;
+        Ok(n)
+    }
+
+    fn make_room(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            self.scanned = 0;
+            if self.buf.len() > BULK {
+                // A long line is done: do not keep its megabyte around.
+                self.buf = vec![0; BULK];
+            }
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; INITIAL];
+            return;
+        }
+        let want_bigger = self.filled && self.buf.len() < BULK;
+        if self.end < self.buf.len() && !want_bigger {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.scanned -= self.start;
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if (self.end == self.buf.len() || want_bigger) && self.buf.len() < self.cap() {
+            let new_len = (self.buf.len() * 2).min(self.cap());
+            self.buf.resize(new_len, 0);
+        }
+    }
+
+    /// The next complete line or event in what has been read, if any.
+    pub fn next_event(&mut self) -> Option<Event<'_>> {
+        loop {
+            let window = &self.buf[self.scanned..self.end];
+            match window.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    let nl = self.scanned + i;
+                    let (start, discarding) = (self.start, self.discarding);
+                    self.start = nl + 1;
+                    self.scanned = self.start;
+                    self.discarding = false;
+                    if discarding {
+                        continue;
+                    }
+                    let mut line = &self.buf[start..nl];
+                    if let [rest @ .., b'\r'] = line {
+                        line = rest;
+                    }
+                    if line.len() > self.max_line {
+                        return Some(Event::TooLong);
+                    }
+                    return Some(Event::Line(line));
+                }
+                None => {
+                    self.scanned = self.end;
+                    if self.discarding {
+                        self.start = self.end;
+                        return None;
+                    }
+                    // A pending line may still end in `\r\n`, so it may be max_line + 1 long.
+                    if self.end - self.start > self.max_line + 1 {
+                        self.discarding = true;
+                        self.start = self.end;
+                        return Some(Event::TooLong);
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// What is left after the stream ended: an unterminated last line, if any (and not part
+    /// of an over-long one).
+    pub fn take_rest(&mut self) -> Option<&[u8]> {
+        if self.discarding || self.start == self.end {
+            return None;
+        }
+        let rest = &self.buf[self.start..self.end];
+        self.start = self.end;
+        (rest.len() <= self.max_line).then_some(rest)
+    }
+
+    /// The buffer's current size in bytes (for tests of its bounds).
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out its data in fixed-size pieces.
+    struct Pieces<'a> {
+        data: &'a [u8],
+        piece: usize,
+    }
+
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.piece.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    fn events(data: &[u8], piece: usize, max_line: usize) -> Vec<String> {
+        let mut r = Pieces { data, piece };
+        let mut lr = LineReader::new(max_line);
+        let mut out = Vec::new();
+        loop {
+            let n = lr.fill(&mut r).unwrap();
+            while let Some(e) = lr.next_event() {
+                out.push(match e {
+                    Event::Line(l) => String::from_utf8_lossy(l).into_owned(),
+                    Event::TooLong => "<too long>".into(),
+                });
+            }
+            assert!(lr.capacity() <= (max_line + 2).max(BULK));
+            if n == 0 {
+                if let Some(rest) = lr.take_rest() {
+                    out.push(format!("<rest {}>", String::from_utf8_lossy(rest)));
+                }
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn splits_lines_in_any_piece_size() {
+        for piece in [1, 2, 3, 7, 100, 10_000] {
+            assert_eq!(
+                events(b"ping\r\nlist\n\nx y\n", piece, 100),
+                ["ping", "list", "", "x y"]
+            );
+        }
+    }
+
+    #[test]
+    fn too_long_line_is_reported_once_and_skipped() {
+        let mut data = b"ping\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', 5000));
+        data.extend_from_slice(b"\nlist\n");
+        for piece in [1, 10, 64, 4096, 100_000] {
+            assert_eq!(
+                events(&data, piece, 100),
+                ["ping", "<too long>", "list"],
+                "piece {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_line_with_crlf_fits_and_one_more_byte_does_not() {
+        let max = 70_000;
+        let mut ok = vec![b'a'; max];
+        ok.extend_from_slice(b"\r\n");
+        let mut long = vec![b'b'; max + 1];
+        long.extend_from_slice(b"\n");
+        let mut data = ok.clone();
+        data.extend_from_slice(&long);
+        data.extend_from_slice(b"ping\n");
+        for piece in [1000, 65536, 200_000] {
+            let ev = events(&data, piece, max);
+            assert_eq!(ev.len(), 3);
+            assert_eq!(ev[0].len(), max);
+            assert_eq!(ev[1..], ["<too long>", "ping"]);
+        }
+    }
+
+    #[test]
+    fn unterminated_last_line_is_returned_at_the_end() {
+        assert_eq!(events(b"ping\nlist", 3, 100), ["ping", "<rest list>"]);
+    }
+
+    #[test]
+    fn buffer_shrinks_after_a_long_line() {
+        let mut data = vec![b'a'; 500_000];
+        data.push(b'\n');
+        let mut r = Pieces {
+            data: &data,
+            piece: 1 << 20,
+        };
+        let mut lr = LineReader::new(1 << 20);
+        while lr.fill(&mut r).unwrap() > 0 {
+            while lr.next_event().is_some() {}
+        }
+        assert!(lr.capacity() <= BULK);
+    }
+}

@@ -1,0 +1,114 @@
+//! The `mist` binary: the server (`mist -d`) or a client command (`mist publish ...`).
+//! Only argument handling, logging set-up and exit codes live here.
+
+use mist::Server;
+use mist::auth::memory::MemoryStore;
+use mist::cli::Args;
+use mist::config::{AuthStore, Cluster, Config, Overrides};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    if args.version {
+        println!("mist {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if args.daemon {
+        if args.command.is_some() {
+            eprintln!("mist: -d runs the server; give no command with it");
+            return ExitCode::from(2);
+        }
+        return serve(&args);
+    }
+    let Some(cmd) = args.command else {
+        eprintln!("mist: nothing to do. Run `mist -d` to start the server, or `mist --help`.");
+        return ExitCode::from(2);
+    };
+    let addr = args.tcp_addr.as_deref().unwrap_or("127.0.0.1:1445");
+    let admin_token = args
+        .admin_token
+        .or_else(|| std::env::var("MIST_ADMIN_TOKEN").ok());
+    match mist::client::run(addr, admin_token.as_deref(), cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mist: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(args: &Args) -> ExitCode {
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => return config_error(&e),
+        },
+        None => Config::default(),
+    };
+    let overrides = Overrides {
+        tcp_addr: args.tcp_addr.clone(),
+        http_addr: args.http_addr.clone(),
+        log_level: args.log_level.clone(),
+    };
+    if let Err(e) = config.override_with(&overrides) {
+        return config_error(&e);
+    }
+    init_logging(config.log_level);
+    if config.multicast_interface.is_some() {
+        log::warn!(
+            "multicast_interface is ignored: nodes share publishes through `cluster postgres`"
+        );
+    }
+    if config.cluster == Cluster::Postgres {
+        log::error!("cluster postgres is not available in this version of mist");
+        return ExitCode::from(2);
+    }
+    let store = match config.auth_store {
+        AuthStore::Memory => Box::new(MemoryStore::new()),
+        AuthStore::Postgres => {
+            log::error!("auth_store postgres is not available in this version of mist");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match Server::start(config, store) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    wait_for_signal();
+    log::info!("shutting down");
+    server.shutdown();
+    ExitCode::SUCCESS
+}
+
+fn config_error(e: &mist::config::ConfigError) -> ExitCode {
+    eprintln!("mist: {e}");
+    ExitCode::from(2)
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_signal() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(mut signals) => {
+            signals.forever().next();
+        }
+        Err(e) => {
+            log::error!("cannot handle signals ({e}); stop the server with SIGKILL");
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+fn init_logging(level: log::LevelFilter) {
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_thread_level(log::LevelFilter::Off)
+        .set_target_level(log::LevelFilter::Off)
+        .build();
+    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+}

@@ -1,0 +1,519 @@
+//! A client's outbound side: its bounded queue, its drop counter and its writer thread.
+//!
+//! Deliveries and replies are queued here and written by whichever thread finds the socket
+//! free. A publishing thread that queued a batch calls [`Outbound::flush`], which writes the
+//! queue straight out without blocking (`MSG_DONTWAIT`) when no other thread is writing; only
+//! what the socket does not take right away is left to the client's writer thread, which blocks
+//! (with a timeout) until the peer reads. So a subscriber that keeps up costs no thread wake-up
+//! per message, and one that does not keep up never slows a publisher: its queue fills, and
+//! newer deliveries are dropped and counted.
+//!
+//! Invariants:
+//! - The state mutex is held only to move items and flags, never during a system call that can
+//!   block.
+//! - At most one thread writes to the socket at a time (`busy`), so frames and lines never
+//!   interleave and the queue order is the wire order.
+//! - Replies (`pong`, `list`, errors, WebSocket control frames) are never dropped; deliveries are
+//!   dropped only when the queue is at `max_msgs` messages or `max_bytes` bytes.
+
+use crate::line;
+use crate::message::Message;
+use crate::metrics::{self, Metrics};
+use crate::wsframe;
+use parking_lot::{Condvar, Mutex};
+use socket2::SockRef;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The wire format of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    WebSocket,
+}
+
+/// Bounds of one client's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most deliveries waiting.
+    pub max_msgs: usize,
+    /// Most bytes of deliveries waiting.
+    pub max_bytes: usize,
+    /// How long a write may make no progress before the peer is given up.
+    pub write_timeout: Duration,
+    /// Reply bytes waiting beyond which the client's own commands wait for it to read.
+    pub reply_backlog: usize,
+}
+
+/// One queued thing to write.
+enum Item {
+    /// A delivery: counted against the limits; may be dropped when the queue is full.
+    Msg(Arc<Message>),
+    /// A reply, notice or control frame: never dropped.
+    Bytes(Box<[u8]>),
+}
+
+impl Item {
+    fn bytes(&self, transport: Transport) -> &[u8] {
+        match (self, transport) {
+            (Item::Msg(m), Transport::Tcp) => m.line(),
+            (Item::Msg(m), Transport::WebSocket) => m.ws_frame(),
+            (Item::Bytes(b), _) => b,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Item>,
+    /// Bytes of `queue[0]` already written.
+    head_done: usize,
+    /// Deliveries waiting, including those being written right now.
+    msgs: usize,
+    /// Their size in bytes.
+    bytes: usize,
+    /// Reply bytes waiting, including those being written right now.
+    replies: usize,
+    /// Deliveries dropped since the last notice.
+    dropped: u64,
+    /// A thread is writing to the socket.
+    busy: bool,
+    /// The writer thread is waiting for work.
+    writer_idle: bool,
+    /// No new items; shut down once the queue is written.
+    closing: bool,
+    /// Done: nothing more is written and the writer thread exits.
+    closed: bool,
+    /// The socket, until the connection is closed. Publishers may keep an `Outbound` in a
+    /// match cache after its client left; dropping the socket here lets its descriptor close.
+    sock: Option<Arc<TcpStream>>,
+}
+
+/// The outbound half of one client connection.
+pub struct Outbound {
+    transport: Transport,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    peer: SocketAddr,
+    /// A mutex, not a channel: a writer that could only partly write must put the rest back at
+    /// the head of the queue, and "queue empty and nobody writing" must be decided atomically
+    /// with taking over the socket. Held for pointer moves only.
+    state: Mutex<State>,
+    /// Wakes the writer thread when work is queued and nobody else is writing.
+    work: Condvar,
+    /// Wakes a reader waiting for its reply backlog to shrink, or for the connection to close.
+    drained: Condvar,
+}
+
+/// How a round of writing ended.
+enum Outcome {
+    AllWritten,
+    WouldBlock,
+    Failed(io::Error),
+}
+
+/// The most slices handed to one `sendmsg` (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+impl Outbound {
+    /// Creates the outbound side of a connection over `sock`.
+    pub fn new(
+        sock: Arc<TcpStream>,
+        transport: Transport,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        peer: SocketAddr,
+    ) -> Arc<Outbound> {
+        Arc::new(Outbound {
+            transport,
+            limits,
+            metrics,
+            peer,
+            state: Mutex::new(State {
+                sock: Some(sock),
+                ..State::default()
+            }),
+            work: Condvar::new(),
+            drained: Condvar::new(),
+        })
+    }
+
+    /// The connection's wire format.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// The peer's address, for logs.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Queues deliveries, dropping those that do not fit. Never blocks on the socket and never
+    /// writes: the caller calls [`flush`](Self::flush) once it has queued everything (and after
+    /// releasing any broker lock). Returns how many were queued.
+    pub fn enqueue<'a>(&self, msgs: impl IntoIterator<Item = &'a Arc<Message>>) -> u64 {
+        let mut st = self.state.lock();
+        if st.closed || st.closing {
+            return 0;
+        }
+        let (mut queued, mut dropped) = (0u64, 0u64);
+        for m in msgs {
+            let size = m.size();
+            if st.msgs >= self.limits.max_msgs || st.bytes + size > self.limits.max_bytes {
+                dropped += 1;
+                continue;
+            }
+            if st.dropped > 0 {
+                self.push_notice(&mut st);
+            }
+            st.msgs += 1;
+            st.bytes += size;
+            st.queue.push_back(Item::Msg(Arc::clone(m)));
+            queued += 1;
+        }
+        st.dropped += dropped;
+        drop(st);
+        metrics::add(&self.metrics.deliveries, queued);
+        if dropped > 0 {
+            metrics::add(&self.metrics.drops, dropped);
+        }
+        queued
+    }
+
+    /// Queues a reply (never dropped) and writes it out if the socket is free. Returns false
+    /// when the connection is closed.
+    pub fn reply(&self, bytes: Vec<u8>) -> bool {
+        if !self.push_bytes(bytes) {
+            return false;
+        }
+        self.flush();
+        true
+    }
+
+    fn push_bytes(&self, bytes: Vec<u8>) -> bool {
+        let mut st = self.state.lock();
+        if st.closed || st.closing {
+            return false;
+        }
+        st.replies += bytes.len();
+        st.queue.push_back(Item::Bytes(bytes.into_boxed_slice()));
+        true
+    }
+
+    /// Waits while the client's unread replies exceed the backlog limit, so a client that sends
+    /// commands without reading the answers cannot make the server buffer without bound.
+    /// Returns false when the connection is closed.
+    pub fn wait_reply_room(&self) -> bool {
+        let mut st = self.state.lock();
+        while st.replies > self.limits.reply_backlog && !st.closed {
+            self.drained.wait(&mut st);
+        }
+        !st.closed
+    }
+
+    /// Writes what is queued without blocking, unless another thread is already writing. What
+    /// the socket does not take is left to the writer thread.
+    pub fn flush(&self) {
+        let mut st = self.state.lock();
+        if st.busy || st.closed || st.queue.is_empty() {
+            return;
+        }
+        let Some(sock) = st.sock.clone() else { return };
+        st.busy = true;
+        let mut batch = std::mem::take(&mut st.queue);
+        let offset = std::mem::take(&mut st.head_done);
+        drop(st);
+
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        let (done, offset, outcome) = self.write_items(&sock, &batch, offset, flags);
+        drop(sock);
+
+        let mut st = self.state.lock();
+        st.busy = false;
+        self.account(&mut st, batch.drain(..done));
+        if st.closed {
+            self.account(&mut st, batch.drain(..));
+            return;
+        }
+        if let Outcome::Failed(e) = outcome {
+            log::debug!("{}: write failed: {e}", self.peer);
+            self.account(&mut st, batch.drain(..));
+            self.fail(&mut st);
+            return;
+        }
+        if !batch.is_empty() {
+            // The socket is full: put the rest back in front of anything queued meanwhile.
+            st.head_done = offset;
+            batch.append(&mut st.queue);
+            st.queue = batch;
+        }
+        self.push_notice_if_room(&mut st);
+        if !st.queue.is_empty() || st.closing {
+            self.work.notify_one();
+        }
+    }
+
+    /// Marks the connection for closing once everything queued is written, after `last` (for
+    /// example a WebSocket close frame). The writer then shuts the socket down for writing.
+    pub fn close_after_flush(&self, last: Option<Vec<u8>>) {
+        let mut st = self.state.lock();
+        if st.closed || st.closing {
+            return;
+        }
+        if let Some(bytes) = last {
+            st.replies += bytes.len();
+            st.queue.push_back(Item::Bytes(bytes.into_boxed_slice()));
+        }
+        st.closing = true;
+        self.work.notify_one();
+    }
+
+    /// Drops everything queued and closes the connection in both directions now.
+    pub fn close(&self) {
+        let mut st = self.state.lock();
+        self.fail(&mut st);
+    }
+
+    /// True once the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Removes queued deliveries for which `keep` is false, then queues `notice` (never
+    /// dropped). Deliveries a thread is writing at this moment are already on their way and
+    /// precede the notice on the wire.
+    pub fn retain_and_notify(&self, keep: impl Fn(&Message) -> bool, notice: Vec<u8>) {
+        let mut st = self.state.lock();
+        if st.closed || st.closing {
+            return;
+        }
+        // The head may be partly written when no thread is busy; it has to stay.
+        let keep_head = usize::from(st.head_done > 0);
+        let mut kept = VecDeque::with_capacity(st.queue.len());
+        let (mut gone_msgs, mut gone_bytes) = (0, 0);
+        for (i, item) in std::mem::take(&mut st.queue).into_iter().enumerate() {
+            match item {
+                Item::Msg(m) if i >= keep_head && !keep(&m) => {
+                    gone_msgs += 1;
+                    gone_bytes += m.size();
+                }
+                other => kept.push_back(other),
+            }
+        }
+        st.queue = kept;
+        st.msgs -= gone_msgs;
+        st.bytes -= gone_bytes;
+        st.replies += notice.len();
+        st.queue.push_back(Item::Bytes(notice.into_boxed_slice()));
+        drop(st);
+        self.flush();
+    }
+
+    /// Drops queued deliveries and closes after writing `last` (used when a token is revoked:
+    /// nothing more may be delivered, but the close frame must go out).
+    pub fn discard_and_close(&self, last: Vec<u8>) {
+        let mut st = self.state.lock();
+        if st.closed || st.closing {
+            return;
+        }
+        let keep_head = usize::from(st.head_done > 0);
+        let old = std::mem::take(&mut st.queue);
+        let mut kept = VecDeque::new();
+        for (i, item) in old.into_iter().enumerate() {
+            match item {
+                Item::Msg(m) if i >= keep_head => {
+                    st.msgs -= 1;
+                    st.bytes -= m.size();
+                }
+                other => kept.push_back(other),
+            }
+        }
+        st.queue = kept;
+        st.replies += last.len();
+        st.queue.push_back(Item::Bytes(last.into_boxed_slice()));
+        st.closing = true;
+        self.work.notify_one();
+    }
+
+    /// The writer thread's loop: waits for work nobody else is doing, writes all of it with
+    /// blocking writes, and repeats until the connection closes.
+    pub fn run_writer(&self) {
+        let mut batch: VecDeque<Item> = VecDeque::new();
+        loop {
+            let mut st = self.state.lock();
+            loop {
+                if st.closed {
+                    return;
+                }
+                if !st.busy && !st.queue.is_empty() {
+                    break;
+                }
+                if !st.busy && st.closing {
+                    // Everything is written: half-close so the peer reads it all, then stop.
+                    if let Some(sock) = st.sock.take() {
+                        let _ = sock.shutdown(Shutdown::Write);
+                    }
+                    st.closed = true;
+                    self.drained.notify_all();
+                    return;
+                }
+                st.writer_idle = true;
+                self.work.wait(&mut st);
+                st.writer_idle = false;
+            }
+            let Some(sock) = st.sock.clone() else { return };
+            std::mem::swap(&mut st.queue, &mut batch);
+            let offset = std::mem::take(&mut st.head_done);
+            st.busy = true;
+            drop(st);
+
+            let (done, _, outcome) = self.write_items(&sock, &batch, offset, libc::MSG_NOSIGNAL);
+            drop(sock);
+
+            let mut st = self.state.lock();
+            st.busy = false;
+            self.account(&mut st, batch.drain(..done));
+            if st.closed {
+                self.account(&mut st, batch.drain(..));
+                return;
+            }
+            match outcome {
+                Outcome::AllWritten => {}
+                Outcome::WouldBlock => {
+                    metrics::add(&self.metrics.write_timeouts, 1);
+                    log::info!(
+                        "{}: peer read nothing for {:?}, closing",
+                        self.peer,
+                        self.limits.write_timeout
+                    );
+                    self.account(&mut st, batch.drain(..));
+                    self.fail(&mut st);
+                    return;
+                }
+                Outcome::Failed(e) => {
+                    log::debug!("{}: write failed: {e}", self.peer);
+                    self.account(&mut st, batch.drain(..));
+                    self.fail(&mut st);
+                    return;
+                }
+            }
+            self.push_notice_if_room(&mut st);
+            if batch.capacity() > 4096 {
+                batch = VecDeque::new();
+            }
+        }
+    }
+
+    /// Writes `items` from `offset` bytes into the first. Returns how many were written whole,
+    /// the offset into the next one, and why it stopped.
+    fn write_items(
+        &self,
+        sock: &TcpStream,
+        items: &VecDeque<Item>,
+        mut offset: usize,
+        flags: libc::c_int,
+    ) -> (usize, usize, Outcome) {
+        let sock = SockRef::from(sock);
+        let mut done = 0;
+        let mut iov: Vec<IoSlice<'_>> = Vec::new();
+        while done < items.len() {
+            iov.clear();
+            iov.push(IoSlice::new(&items[done].bytes(self.transport)[offset..]));
+            iov.extend(
+                items
+                    .range(done + 1..)
+                    .take(IOV_MAX - 1)
+                    .map(|it| IoSlice::new(it.bytes(self.transport))),
+            );
+            match sock.send_vectored_with_flags(&iov, flags) {
+                Ok(0) => {
+                    return (
+                        done,
+                        offset,
+                        Outcome::Failed(io::ErrorKind::WriteZero.into()),
+                    );
+                }
+                Ok(mut n) => {
+                    while n > 0 {
+                        let left = items[done].bytes(self.transport).len() - offset;
+                        if n >= left {
+                            n -= left;
+                            done += 1;
+                            offset = 0;
+                        } else {
+                            offset += n;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return (done, offset, Outcome::WouldBlock);
+                }
+                Err(e) => return (done, offset, Outcome::Failed(e)),
+            }
+        }
+        (done, 0, Outcome::AllWritten)
+    }
+
+    /// Releases the budget of items that were written or discarded.
+    fn account(&self, st: &mut State, gone: impl Iterator<Item = Item>) {
+        for item in gone {
+            match item {
+                Item::Msg(m) => {
+                    st.msgs -= 1;
+                    st.bytes -= m.size();
+                }
+                Item::Bytes(b) => st.replies -= b.len(),
+            }
+        }
+        if st.replies <= self.limits.reply_backlog {
+            self.drained.notify_all();
+        }
+    }
+
+    fn push_notice_if_room(&self, st: &mut State) {
+        if st.dropped > 0 && st.msgs < self.limits.max_msgs && st.bytes < self.limits.max_bytes {
+            self.push_notice(st);
+        }
+    }
+
+    /// Queues the slow-consumer notice for the losses so far.
+    fn push_notice(&self, st: &mut State) {
+        let n = std::mem::take(&mut st.dropped);
+        let bytes = match self.transport {
+            Transport::Tcp => line::dropped_notice(n),
+            Transport::WebSocket => wsframe::text(crate::wsjson::dropped_notice(n).as_bytes()),
+        };
+        st.replies += bytes.len();
+        st.queue.push_back(Item::Bytes(bytes.into_boxed_slice()));
+        metrics::add(&self.metrics.slow_consumer_notices, 1);
+        log::debug!("{}: slow consumer, dropped {n} messages", self.peer);
+    }
+
+    /// Closes at once: drops the queue, wakes every waiter and shuts the socket down.
+    fn fail(&self, st: &mut State) {
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        st.closing = true;
+        let queue = std::mem::take(&mut st.queue);
+        st.head_done = 0;
+        self.account(st, queue.into_iter());
+        if let Some(sock) = st.sock.take() {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
+        self.work.notify_all();
+        self.drained.notify_all();
+    }
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Outbound({}, {:?})", self.peer, self.transport)
+    }
+}

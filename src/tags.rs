@@ -1,0 +1,306 @@
+//! Tags, tag sets and tokens: validation and normalisation.
+//!
+//! Everything here is pure. A [`TagSet`] is always normalised (sorted bytewise, duplicates
+//! folded), so two sets are equal exactly when they hold the same tags, and its comma-joined
+//! form is the wire form used in deliveries and `list`.
+
+use std::fmt;
+
+/// Longest tag, in bytes.
+pub const MAX_TAG_BYTES: usize = 255;
+/// Longest token, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 255;
+
+/// Why a tag list or token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TagError {
+    #[error("invalid tags: empty tag list")]
+    EmptyList,
+    #[error("invalid tags: empty tag")]
+    EmptyTag,
+    #[error("invalid tags: a tag is longer than {MAX_TAG_BYTES} bytes")]
+    TagTooLong,
+    #[error("invalid tags: a tag is not valid UTF-8")]
+    NotUtf8,
+    #[error("invalid tags: a tag contains a space, comma or control character")]
+    BadByte,
+    #[error("invalid tags: more than {0} distinct tags")]
+    TooMany(usize),
+    #[error("invalid token: empty")]
+    EmptyToken,
+    #[error("invalid token: longer than {MAX_TOKEN_BYTES} bytes")]
+    TokenTooLong,
+    #[error("invalid token: not valid UTF-8")]
+    TokenNotUtf8,
+    #[error("invalid token: contains whitespace or a control character")]
+    TokenBadChar,
+}
+
+/// True for the bytes a tag may not contain: space, comma and control characters.
+#[inline]
+fn is_forbidden_tag_byte(b: u8) -> bool {
+    b == b' ' || b == b',' || b < 0x20 || b == 0x7f
+}
+
+/// Checks one tag and returns it as `&str`.
+///
+/// # Errors
+/// Returns the first rule the tag breaks.
+pub fn validate_tag(tag: &[u8]) -> Result<&str, TagError> {
+    if tag.is_empty() {
+        return Err(TagError::EmptyTag);
+    }
+    if tag.len() > MAX_TAG_BYTES {
+        return Err(TagError::TagTooLong);
+    }
+    if tag.iter().any(|&b| is_forbidden_tag_byte(b)) {
+        return Err(TagError::BadByte);
+    }
+    std::str::from_utf8(tag).map_err(|_| TagError::NotUtf8)
+}
+
+/// Checks a token and returns it as `&str`.
+///
+/// Tokens are stored as text (in memory or in PostgreSQL) and travel in HTTP headers, so besides
+/// the protocol's rules (1–255 bytes, no whitespace, no control character) they must be UTF-8.
+///
+/// # Errors
+/// Returns the first rule the token breaks.
+pub fn validate_token(token: &[u8]) -> Result<&str, TagError> {
+    if token.is_empty() {
+        return Err(TagError::EmptyToken);
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TagError::TokenTooLong);
+    }
+    let s = std::str::from_utf8(token).map_err(|_| TagError::TokenNotUtf8)?;
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(TagError::TokenBadChar);
+    }
+    Ok(s)
+}
+
+/// A normalised, non-empty set of valid tags: sorted bytewise, no duplicates.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TagSet {
+    /// The tags joined by commas; the set's wire form. Sorting sets by this string gives the
+    /// order `list` promises.
+    joined: Box<str>,
+}
+
+impl TagSet {
+    /// Parses a comma-separated tag list (`b,a,b`), validating every tag and folding duplicates.
+    ///
+    /// # Errors
+    /// An empty list, an invalid tag, or more than `max_tags` distinct tags.
+    pub fn parse(list: &[u8], max_tags: usize) -> Result<TagSet, TagError> {
+        if list.is_empty() {
+            return Err(TagError::EmptyList);
+        }
+        let mut tags: Vec<&str> = Vec::new();
+        for tag in list.split(|&b| b == b',') {
+            tags.push(validate_tag(tag)?);
+        }
+        Self::from_tags(tags, max_tags)
+    }
+
+    /// Builds a set from individual tags (as the WebSocket API sends them).
+    ///
+    /// # Errors
+    /// An empty list, an invalid tag, or more than `max_tags` distinct tags.
+    pub fn from_strs<S: AsRef<str>>(tags: &[S], max_tags: usize) -> Result<TagSet, TagError> {
+        if tags.is_empty() {
+            return Err(TagError::EmptyList);
+        }
+        let mut checked = Vec::with_capacity(tags.len());
+        for tag in tags {
+            checked.push(validate_tag(tag.as_ref().as_bytes())?);
+        }
+        Self::from_tags(checked, max_tags)
+    }
+
+    fn from_tags(mut tags: Vec<&str>, max_tags: usize) -> Result<TagSet, TagError> {
+        tags.sort_unstable();
+        tags.dedup();
+        if tags.len() > max_tags {
+            return Err(TagError::TooMany(max_tags));
+        }
+        Ok(TagSet {
+            joined: tags.join(",").into_boxed_str(),
+        })
+    }
+
+    /// The tags, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + Clone {
+        self.joined.split(',')
+    }
+
+    /// The number of tags.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Always false: a tag set has at least one tag. Present for API symmetry with `len`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The wire form: tags sorted and joined by commas.
+    pub fn as_str(&self) -> &str {
+        &self.joined
+    }
+
+    /// True when every tag of `self` is in `other` (both are sorted, so one merge pass).
+    pub fn is_subset_of(&self, other: &TagSet) -> bool {
+        let mut theirs = other.iter();
+        'mine: for mine in self.iter() {
+            for t in theirs.by_ref() {
+                match t.cmp(mine) {
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => continue 'mine,
+                    std::cmp::Ordering::Greater => return false,
+                }
+            }
+            return false;
+        }
+        true
+    }
+
+    /// True when `tag` is one of the set's tags.
+    pub fn contains(&self, tag: &str) -> bool {
+        self.iter().any(|t| t == tag)
+    }
+}
+
+impl fmt::Display for TagSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.joined)
+    }
+}
+
+impl fmt::Debug for TagSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TagSet({})", self.joined)
+    }
+}
+
+/// Checks a raw comma-separated list and tells whether it is already normalised, without
+/// allocating. Used on the publish path, where most lists arrive sorted and can be forwarded as
+/// they are.
+///
+/// # Errors
+/// The same rules as [`TagSet::parse`].
+pub fn check_list(list: &[u8], max_tags: usize) -> Result<bool, TagError> {
+    if list.is_empty() {
+        return Err(TagError::EmptyList);
+    }
+    let mut prev: Option<&[u8]> = None;
+    let mut normalised = true;
+    let mut count = 0usize;
+    for tag in list.split(|&b| b == b',') {
+        validate_tag(tag)?;
+        count += 1;
+        if let Some(p) = prev {
+            if p >= tag {
+                normalised = false;
+            }
+        }
+        prev = Some(tag);
+    }
+    if normalised {
+        if count > max_tags {
+            return Err(TagError::TooMany(max_tags));
+        }
+        return Ok(true);
+    }
+    // Unsorted or with duplicates: the distinct count decides.
+    let mut tags: Vec<&[u8]> = list.split(|&b| b == b',').collect();
+    tags.sort_unstable();
+    tags.dedup();
+    if tags.len() > max_tags {
+        return Err(TagError::TooMany(max_tags));
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(s: &str) -> TagSet {
+        TagSet::parse(s.as_bytes(), 32).unwrap()
+    }
+
+    #[test]
+    fn parse_sorts_and_folds() {
+        assert_eq!(set("b,a,b,c").as_str(), "a,b,c");
+        assert_eq!(set("x").as_str(), "x");
+        assert_eq!(set("b,a"), set("a,b"));
+        assert_eq!(set("a,b,c").len(), 3);
+    }
+
+    #[test]
+    fn parse_rejects_bad_lists() {
+        assert_eq!(TagSet::parse(b"", 32), Err(TagError::EmptyList));
+        assert_eq!(TagSet::parse(b"a,,b", 32), Err(TagError::EmptyTag));
+        assert_eq!(TagSet::parse(b"a,", 32), Err(TagError::EmptyTag));
+        assert_eq!(TagSet::parse(b",", 32), Err(TagError::EmptyTag));
+        assert_eq!(TagSet::parse(b"a b", 32), Err(TagError::BadByte));
+        assert_eq!(TagSet::parse(b"a\x00", 32), Err(TagError::BadByte));
+        assert_eq!(TagSet::parse(b"a\x7f", 32), Err(TagError::BadByte));
+        assert_eq!(TagSet::parse(b"a\tb", 32), Err(TagError::BadByte));
+        assert_eq!(TagSet::parse(b"\xff", 32), Err(TagError::NotUtf8));
+        assert_eq!(TagSet::parse(&[b'a'; 256], 32), Err(TagError::TagTooLong));
+        assert!(TagSet::parse(&[b'a'; 255], 32).is_ok());
+        assert_eq!(TagSet::parse(b"a,b,c", 2), Err(TagError::TooMany(2)));
+    }
+
+    #[test]
+    fn duplicates_do_not_count_towards_the_limit() {
+        assert_eq!(TagSet::parse(b"a,a,a,b,b", 2).unwrap().as_str(), "a,b");
+        assert_eq!(check_list(b"a,a,a,b,b", 2), Ok(false));
+    }
+
+    #[test]
+    fn utf8_tags_are_fine() {
+        assert_eq!(set("é,ü,a").as_str(), "a,é,ü");
+    }
+
+    #[test]
+    fn subset() {
+        assert!(set("a").is_subset_of(&set("a,b,c")));
+        assert!(set("b,c").is_subset_of(&set("a,b,c")));
+        assert!(set("a,b,c").is_subset_of(&set("a,b,c")));
+        assert!(!set("a,d").is_subset_of(&set("a,b,c")));
+        assert!(!set("a,b,c").is_subset_of(&set("a,b")));
+        assert!(!set("z").is_subset_of(&set("a")));
+    }
+
+    #[test]
+    fn check_list_reports_normalised_lists() {
+        assert_eq!(check_list(b"a,b,c", 32), Ok(true));
+        assert_eq!(check_list(b"b,a", 32), Ok(false));
+        assert_eq!(check_list(b"a,a", 32), Ok(false));
+        assert_eq!(check_list(b"a,,b", 32), Err(TagError::EmptyTag));
+        assert_eq!(check_list(b"a,b,c", 2), Err(TagError::TooMany(2)));
+        assert_eq!(check_list(b"", 2), Err(TagError::EmptyList));
+    }
+
+    #[test]
+    fn tokens() {
+        assert_eq!(validate_token(b"s3cret-token"), Ok("s3cret-token"));
+        assert_eq!(validate_token(b""), Err(TagError::EmptyToken));
+        assert_eq!(validate_token(b"a b"), Err(TagError::TokenBadChar));
+        assert_eq!(validate_token(b"a\tb"), Err(TagError::TokenBadChar));
+        assert_eq!(validate_token(b"a\x01"), Err(TagError::TokenBadChar));
+        assert_eq!(
+            validate_token("a\u{a0}b".as_bytes()),
+            Err(TagError::TokenBadChar)
+        );
+        assert_eq!(validate_token(b"\xff"), Err(TagError::TokenNotUtf8));
+        assert_eq!(validate_token(&[b't'; 256]), Err(TagError::TokenTooLong));
+        assert!(validate_token(&[b't'; 255]).is_ok());
+        // Commas are fine in tokens: only whitespace separates words.
+        assert!(validate_token(b"a,b").is_ok());
+    }
+}

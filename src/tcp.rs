@@ -1,0 +1,258 @@
+//! The line-protocol listener's connections: a reader thread that runs the commands, and a
+//! writer thread that drains the client's queue when the socket is slow.
+
+use crate::auth::{self, StoreError};
+use crate::broker::Subscriber;
+use crate::fanout::Fanout;
+use crate::framing::{Event, LineReader};
+use crate::line::{self, Command};
+use crate::metrics;
+use crate::outbound::{Outbound, Transport};
+use crate::server::{self, Context};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// Takes a new TCP connection from the accept loop: refuses it when the server is full,
+/// otherwise starts its threads.
+pub fn accept(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+    if !ctx.conns.try_reserve() {
+        refuse(ctx, stream, peer);
+        return;
+    }
+    let ctx2 = Arc::clone(ctx);
+    let spawned = thread::Builder::new()
+        .name(format!("mist-tcp {peer}"))
+        .stack_size(server::CONN_STACK)
+        .spawn(move || run(ctx2, stream, peer));
+    if let Err(e) = spawned {
+        ctx.conns.release();
+        log::error!("{peer}: cannot start a connection thread: {e}");
+    }
+}
+
+fn refuse(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
+    metrics::add(&ctx.metrics.connections_refused, 1);
+    log::warn!(
+        "{peer}: refused, max_connections ({}) reached",
+        ctx.config.max_connections
+    );
+    let reply = line::error_reply(&format!(
+        "too many connections (max_connections {})",
+        ctx.config.max_connections
+    ));
+    // The accept loop must not wait on a client that does not read.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.write_all(&reply);
+}
+
+/// The connection's reader thread.
+fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+    log::debug!("{peer}: connected");
+    if let Err(e) = server::configure_socket(&stream) {
+        log::warn!("{peer}: cannot set socket options: {e}");
+    }
+    let sock = Arc::new(stream);
+    let id = ctx.broker.next_client_id();
+    let out = Outbound::new(
+        Arc::clone(&sock),
+        Transport::Tcp,
+        ctx.limits(),
+        Arc::clone(&ctx.metrics),
+        peer,
+    );
+    let writer = {
+        let out = Arc::clone(&out);
+        thread::Builder::new()
+            .name(format!("mist-tcp-w {peer}"))
+            .stack_size(server::CONN_STACK)
+            .spawn(move || out.run_writer())
+    };
+    let writer = match writer {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("{peer}: cannot start a writer thread: {e}");
+            ctx.conns.release();
+            return;
+        }
+    };
+    ctx.conns.insert(id, Arc::clone(&out));
+    metrics::add(&ctx.metrics.tcp_connections, 1);
+    let mut session = Session {
+        fanout: Fanout::new(ctx.broker.clone()),
+        sub: Subscriber {
+            id,
+            out: Arc::clone(&out),
+        },
+        authed: false,
+        peer,
+        ctx: Arc::clone(&ctx),
+    };
+    session.read_loop(&sock);
+    // The client is gone or closed its side: dropping the session stops deliveries and lets
+    // the writer send what is queued, then close.
+    drop(session);
+    let _ = writer.join();
+    log::debug!("{peer}: disconnected");
+}
+
+/// One client's command state. Dropping it removes the client from the index and the registry
+/// and closes its queue once written, also when its thread unwinds from a panic.
+struct Session {
+    ctx: Arc<Context>,
+    sub: Subscriber,
+    fanout: Fanout,
+    /// `auth ADMIN_TOKEN` succeeded on this connection.
+    authed: bool,
+    peer: SocketAddr,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ctx.broker.remove_client(self.sub.id);
+        self.sub.out.close_after_flush(None);
+        self.ctx.conns.remove(self.sub.id);
+        self.ctx.conns.release();
+        metrics::sub(&self.ctx.metrics.tcp_connections, 1);
+    }
+}
+
+impl Session {
+    fn read_loop(&mut self, sock: &TcpStream) {
+        let mut lines = LineReader::new(self.ctx.config.max_line_bytes);
+        let mut reader = sock;
+        loop {
+            match lines.fill(&mut reader) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    log::debug!("{}: read failed: {e}", self.peer);
+                    break;
+                }
+            }
+            while let Some(event) = lines.next_event() {
+                match event {
+                    Event::Line(l) => self.handle_line(l),
+                    Event::TooLong => {
+                        let max = self.ctx.config.max_line_bytes;
+                        self.error(&format!("line too long (max_line_bytes {max})"));
+                    }
+                }
+            }
+            self.fanout.flush();
+            if self.sub.out.is_closed() {
+                return;
+            }
+        }
+        // A last line without `\n` still counts (`printf 'ping' | nc ...`).
+        if let Some(rest) = lines.take_rest() {
+            let rest = rest.to_vec();
+            self.handle_line(&rest);
+            self.fanout.flush();
+        }
+    }
+
+    fn handle_line(&mut self, l: &[u8]) {
+        match line::parse(l, self.ctx.config.max_tags) {
+            Ok(Command::Publish {
+                tags,
+                normalised,
+                data,
+            }) => self.fanout.add(tags, normalised, data),
+            Ok(cmd) => {
+                // Deliver what was published before this command first, so a publisher that is
+                // also a subscriber sees its messages before the reply.
+                self.fanout.flush();
+                if self.sub.out.wait_reply_room() {
+                    self.execute(cmd);
+                }
+            }
+            Err(e) => {
+                self.fanout.flush();
+                if self.sub.out.wait_reply_room() {
+                    self.error(&e.to_string());
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, cmd: Command<'_>) {
+        if cmd.is_admin() {
+            if let Err(reason) = self.admin_allowed() {
+                self.error(reason);
+                return;
+            }
+        }
+        let ctx = Arc::clone(&self.ctx);
+        match cmd {
+            Command::Ping => self.reply(line::PONG.to_vec()),
+            Command::Subscribe(set) => {
+                if let Err(e) = ctx.broker.subscribe(&self.sub, &set) {
+                    self.error(&e.to_string());
+                }
+            }
+            Command::Unsubscribe(set) => ctx.broker.unsubscribe(self.sub.id, &set),
+            Command::List => {
+                let subs = ctx.broker.subscriptions(self.sub.id);
+                self.reply(line::list_reply(&subs));
+            }
+            Command::Auth { token } => self.auth(token),
+            Command::Register { tags, token } => {
+                self.store_result(ctx.tokens.register(token, &tags))
+            }
+            Command::Unregister { token } => self.store_result(ctx.tokens.unregister(token)),
+            Command::Set { tags, token } => self.store_result(ctx.tokens.set(token, &tags)),
+            Command::Unset { tags, token } => self.store_result(ctx.tokens.unset(token, &tags)),
+            Command::Tags { token } => match ctx.tokens.tags(token) {
+                Ok(tags) => self.reply(line::tags_reply(token, &tags)),
+                Err(e) => self.store_result(Err(e)),
+            },
+            Command::Publish { .. } => unreachable!("publish is batched by handle_line"),
+        }
+    }
+
+    /// The admin rule: with an `admin_token`, only after `auth`; without one, only from
+    /// loopback.
+    fn admin_allowed(&self) -> Result<(), &'static str> {
+        auth::admin_allowed(
+            self.ctx.config.admin_token.is_some(),
+            self.authed,
+            self.peer.ip(),
+        )
+    }
+
+    fn auth(&mut self, token: &[u8]) {
+        let Some(expected) = self.ctx.config.admin_token.as_deref() else {
+            self.error("auth is not enabled: no admin_token is configured");
+            return;
+        };
+        if auth::secrets_equal(token, expected.as_bytes()) {
+            self.authed = true;
+        } else {
+            metrics::add(&self.ctx.metrics.auth_failures, 1);
+            log::warn!("{}: wrong admin token", self.peer);
+            self.error("wrong admin token");
+        }
+    }
+
+    fn store_result(&mut self, result: Result<(), StoreError>) {
+        if let Err(e) = result {
+            if let StoreError::Unavailable(_) = e {
+                log::warn!("{}: {e}", self.peer);
+            }
+            self.error(&e.to_string());
+        }
+    }
+
+    fn reply(&self, bytes: Vec<u8>) {
+        self.sub.out.reply(bytes);
+    }
+
+    fn error(&self, reason: &str) {
+        log::debug!("{}: error {reason}", self.peer);
+        metrics::add(&self.ctx.metrics.errors_sent, 1);
+        self.reply(line::error_reply(reason));
+    }
+}

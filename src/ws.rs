@@ -1,0 +1,277 @@
+//! A WebSocket session: JSON commands in, replies and deliveries out.
+//!
+//! tungstenite reads and checks the client's frames (masking, fragmentation, UTF-8, size
+//! limits) on the reader thread. The server's frames are written only through the client's
+//! [`Outbound`] queue, like TCP lines: deliveries are pre-encoded frames shared by every
+//! WebSocket subscriber, and pong and close replies are queued there too, so frames never
+//! interleave. tungstenite's own automatic replies go to a sink (see [`ReadHalf`]).
+//!
+//! The server pings a quiet client every `ws_ping_interval`; a client that sends nothing, not
+//! even a pong, for two intervals is closed.
+//!
+//! To serve mist's WebSocket endpoint from another program's accept loop, hand each accepted
+//! connection to [`serve`].
+
+use crate::auth::AccessError;
+use crate::broker::{ClientId, Subscriber};
+use crate::metrics;
+use crate::outbound::Outbound;
+use crate::server::Context;
+use crate::wsframe::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG};
+use crate::wsjson::{self, WsCommand};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+use tungstenite::error::{CapacityError, Error as WsError};
+use tungstenite::protocol::{Role, WebSocketConfig, frame::coding::CloseCode};
+use tungstenite::{Message, WebSocket};
+
+/// Close code for a text frame that is not UTF-8 (RFC 6455, 7.4.1).
+const CLOSE_INVALID_DATA: u16 = 1007;
+
+/// Serves one connection accepted by another program: reads its HTTP request and answers it
+/// as mist's HTTP listener would (`/subscribe/websocket`, `/ping`, `/metrics`), running the
+/// whole WebSocket session on the calling thread. Returns when the connection is closed.
+pub fn serve(ctx: &Arc<Context>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    crate::http::serve(ctx, stream, peer);
+}
+
+/// The socket as tungstenite sees it: reads come from the client; writes are dropped, because
+/// every frame the server sends goes through the outbound queue instead (tungstenite would
+/// otherwise answer pings and closes itself, from the reader thread, interleaving with the
+/// writer's frames).
+struct ReadHalf(Arc<TcpStream>);
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for ReadHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs an upgraded connection until it closes. The connection's slot in `max_connections` is
+/// already taken and its token admitted; both are given back here.
+pub(crate) fn run(
+    ctx: &Arc<Context>,
+    sock: Arc<TcpStream>,
+    out: Arc<Outbound>,
+    id: ClientId,
+    token: String,
+    rest: Vec<u8>,
+) {
+    let peer = out.peer();
+    let writer = {
+        let out = Arc::clone(&out);
+        thread::Builder::new()
+            .name(format!("mist-ws-w {peer}"))
+            .stack_size(crate::server::CONN_STACK)
+            .spawn(move || out.run_writer())
+    };
+    let writer = match writer {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("{peer}: cannot start a writer thread: {e}");
+            ctx.tokens.detach(&token, id);
+            ctx.conns.release();
+            return;
+        }
+    };
+    ctx.conns.insert(id, Arc::clone(&out));
+    metrics::add(&ctx.metrics.ws_connections, 1);
+    let max = ctx.config.max_line_bytes;
+    let config = WebSocketConfig::default()
+        // Small: an idle subscriber should cost little; big messages grow it as needed.
+        .read_buffer_size(4096)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let ws = WebSocket::from_partially_read(
+        ReadHalf(Arc::clone(&sock)),
+        rest,
+        Role::Server,
+        Some(config),
+    );
+    let mut session = Session {
+        ctx: Arc::clone(ctx),
+        sub: Subscriber {
+            id,
+            out: Arc::clone(&out),
+        },
+        token,
+        peer,
+    };
+    session.read_loop(ws, &sock);
+    drop(session);
+    let _ = writer.join();
+    // Our close frame is out: read what the client still sends, so closing the socket does
+    // not reset the connection before the client has read it.
+    crate::http::linger(&sock);
+    log::debug!("{peer}: WebSocket closed");
+}
+
+/// One WebSocket client's state. Dropping it removes the client everywhere and closes its
+/// queue once written, also when the thread unwinds from a panic.
+struct Session {
+    ctx: Arc<Context>,
+    sub: Subscriber,
+    token: String,
+    peer: SocketAddr,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ctx.broker.remove_client(self.sub.id);
+        self.ctx.tokens.detach(&self.token, self.sub.id);
+        self.sub.out.close_after_flush(None);
+        self.ctx.conns.remove(self.sub.id);
+        self.ctx.conns.release();
+        metrics::sub(&self.ctx.metrics.ws_connections, 1);
+    }
+}
+
+impl Session {
+    fn read_loop(&mut self, mut ws: WebSocket<ReadHalf>, sock: &TcpStream) {
+        let interval = Duration::from_secs(self.ctx.config.ws_ping_interval);
+        let _ = sock.set_read_timeout(Some(interval));
+        let mut pinged = false;
+        loop {
+            match ws.read() {
+                Ok(msg) => {
+                    pinged = false;
+                    if !self.handle(msg) {
+                        return;
+                    }
+                }
+                Err(WsError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.sub.out.is_closed() {
+                        return;
+                    }
+                    if pinged {
+                        log::info!("{}: no answer to ping, closing", self.peer);
+                        self.close(CLOSE_GOING_AWAY, "ping timeout");
+                        return;
+                    }
+                    pinged = true;
+                    self.sub.out.reply(wsframe::ping(b"mist"));
+                }
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => return,
+                Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+                    log::debug!("{}: message of {size} bytes over the limit", self.peer);
+                    self.close(
+                        CLOSE_TOO_BIG,
+                        &format!("message larger than {max_size} bytes"),
+                    );
+                    return;
+                }
+                Err(WsError::Utf8(_)) => {
+                    self.close(CLOSE_INVALID_DATA, "text frame is not UTF-8");
+                    return;
+                }
+                Err(WsError::Protocol(e)) => {
+                    log::debug!("{}: protocol error: {e}", self.peer);
+                    self.close(CLOSE_PROTOCOL, "protocol error");
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("{}: read failed: {e}", self.peer);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles one message; false when the session is over.
+    fn handle(&mut self, msg: Message) -> bool {
+        match msg {
+            Message::Text(text) => {
+                if !self.sub.out.wait_reply_room() {
+                    return false;
+                }
+                let reply = match wsjson::parse(text.as_str(), self.ctx.config.max_tags) {
+                    Ok(cmd) => self.execute(cmd),
+                    Err(e) => {
+                        metrics::add(&self.ctx.metrics.errors_sent, 1);
+                        e.reply()
+                    }
+                };
+                self.sub.out.reply(wsframe::text(reply.as_bytes()));
+            }
+            Message::Binary(_) => {
+                metrics::add(&self.ctx.metrics.errors_sent, 1);
+                let reply =
+                    wsjson::failure(None, "binary frames are not supported; send JSON text");
+                self.sub.out.reply(wsframe::text(reply.as_bytes()));
+            }
+            Message::Ping(payload) => {
+                self.sub.out.reply(wsframe::pong(&payload));
+            }
+            Message::Pong(_) | Message::Frame(_) => {}
+            Message::Close(frame) => {
+                // Echo the client's code, as RFC 6455 asks; then the session is over.
+                let code = frame.map_or(CLOSE_NORMAL, |f| match f.code {
+                    CloseCode::Status | CloseCode::Abnormal | CloseCode::Tls => CLOSE_NORMAL,
+                    c => u16::from(c),
+                });
+                self.close(code, "");
+                return false;
+            }
+        }
+        true
+    }
+
+    fn execute(&mut self, cmd: WsCommand) -> String {
+        let ctx = Arc::clone(&self.ctx);
+        let name = cmd.name();
+        match cmd {
+            WsCommand::Ping => wsjson::ok(name),
+            WsCommand::Subscribe(set) => {
+                let result = ctx
+                    .tokens
+                    .subscribe_checked(&self.token, &set, || ctx.broker.subscribe(&self.sub, &set));
+                match result {
+                    Ok(Ok(())) => wsjson::ok(name),
+                    Ok(Err(e)) => self.failure(name, &e.to_string()),
+                    Err(AccessError::Store(e)) => {
+                        log::warn!("{}: {e}", self.peer);
+                        self.failure(name, &e.to_string())
+                    }
+                    Err(e) => self.failure(name, &e.to_string()),
+                }
+            }
+            WsCommand::Unsubscribe(set) => {
+                ctx.broker.unsubscribe(self.sub.id, &set);
+                wsjson::ok(name)
+            }
+            WsCommand::List => wsjson::list(&ctx.broker.subscriptions(self.sub.id)),
+        }
+    }
+
+    fn failure(&self, command: &str, reason: &str) -> String {
+        metrics::add(&self.ctx.metrics.errors_sent, 1);
+        wsjson::failure(Some(command), reason)
+    }
+
+    fn close(&self, code: u16, reason: &str) {
+        self.sub
+            .out
+            .close_after_flush(Some(wsframe::close(code, reason)));
+    }
+}
