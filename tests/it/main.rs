@@ -1,0 +1,12 @@
+//! The integration tests: real servers on 127.0.0.1:0, real sockets, exact wire bytes.
+//! Every read has a timeout; `ping`/`pong` is the only barrier.
+
+mod support;
+
+mod cli;
+mod config;
+mod matching;
+mod smoke;
+mod tcp;
+mod ws;
+mod ws_python;
