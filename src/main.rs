@@ -2,7 +2,9 @@
 //! Only argument handling, logging set-up and exit codes live here.
 
 use mist::Server;
+use mist::auth::TokenStore;
 use mist::auth::memory::MemoryStore;
+use mist::auth::postgres::PgStore;
 use mist::cli::Args;
 use mist::config::{AuthStore, Cluster, Config, Overrides};
 use std::process::ExitCode;
@@ -54,6 +56,7 @@ fn serve(args: &Args) -> ExitCode {
         return config_error(&e);
     }
     init_logging(config.log_level);
+    log_panics();
     if config.multicast_interface.is_some() {
         log::warn!(
             "multicast_interface is ignored: nodes share publishes through `cluster postgres`"
@@ -63,12 +66,18 @@ fn serve(args: &Args) -> ExitCode {
         log::error!("cluster postgres is not available in this version of mist");
         return ExitCode::from(2);
     }
-    let store = match config.auth_store {
+    let store: Box<dyn TokenStore> = match config.auth_store {
         AuthStore::Memory => Box::new(MemoryStore::new()),
-        AuthStore::Postgres => {
-            log::error!("auth_store postgres is not available in this version of mist");
-            return ExitCode::from(2);
-        }
+        AuthStore::Postgres => match PgStore::open(&config.pg) {
+            Ok(store) => {
+                log::info!("tokens are kept in PostgreSQL at {}", config.pg.address);
+                Box::new(store)
+            }
+            Err(e) => {
+                log::error!("{e}");
+                return ExitCode::from(1);
+            }
+        },
     };
     let server = match Server::start(config, store) {
         Ok(s) => s,
@@ -102,6 +111,16 @@ fn wait_for_signal() {
             }
         }
     }
+}
+
+/// Panics in connection threads end only that connection; log them with the thread's name,
+/// which carries the peer's address.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        log::error!("thread '{name}' panicked: {info}");
+    }));
 }
 
 fn init_logging(level: log::LevelFilter) {

@@ -5,6 +5,7 @@
 //! revocation of open WebSocket connections when a token loses tags or is unregistered.
 
 pub mod memory;
+pub mod postgres;
 
 use crate::broker::{Broker, ClientId};
 use crate::metrics::{self, Metrics};

@@ -1,12 +1,15 @@
 //! The integration tests: real servers on 127.0.0.1:0, real sockets, exact wire bytes.
 //! Every read has a timeout; `ping`/`pong` is the only barrier.
 
+mod pgsupport;
 mod support;
 
 mod cli;
 mod config;
 mod matching;
+mod pg;
 mod smoke;
 mod tcp;
+mod tokens;
 mod ws;
 mod ws_python;
