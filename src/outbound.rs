@@ -8,6 +8,10 @@
 //! per message, and one that does not keep up never slows a publisher: its queue fills, and
 //! newer deliveries are dropped and counted.
 //!
+//! The writer thread is started the first time the socket does not take everything at once,
+//! and then lives as long as the connection. A client that always keeps up (most idle
+//! subscribers) never needs one, which halves the memory an idle connection costs.
+//!
 //! Invariants:
 //! - The state mutex is held only to move items and flags, never during a system call that can
 //!   block.
@@ -20,12 +24,13 @@ use crate::line;
 use crate::message::Message;
 use crate::metrics::{self, Metrics};
 use crate::wsframe;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use socket2::SockRef;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 /// The wire format of a connection.
@@ -83,6 +88,8 @@ struct State {
     busy: bool,
     /// The writer thread is waiting for work.
     writer_idle: bool,
+    /// The writer thread has been started.
+    writer_started: bool,
     /// No new items; shut down once the queue is written.
     closing: bool,
     /// Done: nothing more is written and the writer thread exits.
@@ -95,6 +102,8 @@ struct State {
 /// The outbound half of one client connection.
 pub struct Outbound {
     transport: Transport,
+    /// The writer thread's name, for when it is started.
+    writer_name: String,
     limits: Limits,
     metrics: Arc<Metrics>,
     peer: SocketAddr,
@@ -115,6 +124,9 @@ enum Outcome {
     Failed(io::Error),
 }
 
+/// Stack size of writer threads: they only move pointers and call `sendmsg`.
+const WRITER_STACK: usize = 128 * 1024;
+
 /// The most slices handed to one `sendmsg` (Linux's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
 
@@ -127,7 +139,12 @@ impl Outbound {
         metrics: Arc<Metrics>,
         peer: SocketAddr,
     ) -> Arc<Outbound> {
+        let kind = match transport {
+            Transport::Tcp => "tcp",
+            Transport::WebSocket => "ws",
+        };
         Arc::new(Outbound {
+            writer_name: format!("mist-{kind}-w {peer}"),
             transport,
             limits,
             metrics,
@@ -185,7 +202,7 @@ impl Outbound {
 
     /// Queues a reply (never dropped) and writes it out if the socket is free. Returns false
     /// when the connection is closed.
-    pub fn reply(&self, bytes: Vec<u8>) -> bool {
+    pub fn reply(self: &Arc<Self>, bytes: Vec<u8>) -> bool {
         if !self.push_bytes(bytes) {
             return false;
         }
@@ -216,7 +233,7 @@ impl Outbound {
 
     /// Writes what is queued without blocking, unless another thread is already writing. What
     /// the socket does not take is left to the writer thread.
-    pub fn flush(&self) {
+    pub fn flush(self: &Arc<Self>) {
         let mut st = self.state.lock();
         if st.busy || st.closed || st.queue.is_empty() {
             return;
@@ -251,14 +268,46 @@ impl Outbound {
             st.queue = batch;
         }
         self.push_notice_if_room(&mut st);
-        if !st.queue.is_empty() || st.closing {
-            self.work.notify_one();
+        if !st.queue.is_empty() {
+            self.wake_writer(st);
+        } else if st.closing {
+            self.finish(&mut st);
         }
+    }
+
+    /// Hands the queue to the writer thread, starting it if this is the first time.
+    fn wake_writer(self: &Arc<Self>, mut st: MutexGuard<'_, State>) {
+        if st.writer_started {
+            self.work.notify_one();
+            return;
+        }
+        st.writer_started = true;
+        drop(st);
+        let me = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name(self.writer_name.clone())
+            .stack_size(WRITER_STACK)
+            .spawn(move || me.run_writer());
+        if let Err(e) = spawned {
+            log::error!("{}: cannot start a writer thread ({e}); closing", self.peer);
+            self.close();
+        }
+    }
+
+    /// Everything is written and the connection is closing: half-close so the peer reads it
+    /// all, and stop.
+    fn finish(&self, st: &mut State) {
+        if let Some(sock) = st.sock.take() {
+            let _ = sock.shutdown(Shutdown::Write);
+        }
+        st.closed = true;
+        self.work.notify_all();
+        self.drained.notify_all();
     }
 
     /// Marks the connection for closing once everything queued is written, after `last` (for
     /// example a WebSocket close frame). The writer then shuts the socket down for writing.
-    pub fn close_after_flush(&self, last: Option<Vec<u8>>) {
+    pub fn close_after_flush(self: &Arc<Self>, last: Option<Vec<u8>>) {
         let mut st = self.state.lock();
         if st.closed || st.closing {
             return;
@@ -268,7 +317,25 @@ impl Outbound {
             st.queue.push_back(Item::Bytes(bytes.into_boxed_slice()));
         }
         st.closing = true;
-        self.work.notify_one();
+        drop(st);
+        self.flush_or_finish();
+    }
+
+    /// Writes what is queued, or finishes the close when nothing is; whoever is writing right
+    /// now does that when done.
+    fn flush_or_finish(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        if st.busy || st.closed {
+            return;
+        }
+        if st.queue.is_empty() {
+            if st.closing {
+                self.finish(&mut st);
+            }
+            return;
+        }
+        drop(st);
+        self.flush();
     }
 
     /// Drops everything queued and closes the connection in both directions now.
@@ -285,7 +352,7 @@ impl Outbound {
     /// Removes queued deliveries for which `keep` is false, then queues `notice` (never
     /// dropped). Deliveries a thread is writing at this moment are already on their way and
     /// precede the notice on the wire.
-    pub fn retain_and_notify(&self, keep: impl Fn(&Message) -> bool, notice: Vec<u8>) {
+    pub fn retain_and_notify(self: &Arc<Self>, keep: impl Fn(&Message) -> bool, notice: Vec<u8>) {
         let mut st = self.state.lock();
         if st.closed || st.closing {
             return;
@@ -314,7 +381,7 @@ impl Outbound {
 
     /// Drops queued deliveries and closes after writing `last` (used when a token is revoked:
     /// nothing more may be delivered, but the close frame must go out).
-    pub fn discard_and_close(&self, last: Vec<u8>) {
+    pub fn discard_and_close(self: &Arc<Self>, last: Vec<u8>) {
         let mut st = self.state.lock();
         if st.closed || st.closing {
             return;
@@ -335,12 +402,13 @@ impl Outbound {
         st.replies += last.len();
         st.queue.push_back(Item::Bytes(last.into_boxed_slice()));
         st.closing = true;
-        self.work.notify_one();
+        drop(st);
+        self.flush_or_finish();
     }
 
     /// The writer thread's loop: waits for work nobody else is doing, writes all of it with
     /// blocking writes, and repeats until the connection closes.
-    pub fn run_writer(&self) {
+    fn run_writer(&self) {
         let mut batch: VecDeque<Item> = VecDeque::new();
         loop {
             let mut st = self.state.lock();
@@ -352,12 +420,7 @@ impl Outbound {
                     break;
                 }
                 if !st.busy && st.closing {
-                    // Everything is written: half-close so the peer reads it all, then stop.
-                    if let Some(sock) = st.sock.take() {
-                        let _ = sock.shutdown(Shutdown::Write);
-                    }
-                    st.closed = true;
-                    self.drained.notify_all();
+                    self.finish(&mut st);
                     return;
                 }
                 st.writer_idle = true;

@@ -1,5 +1,5 @@
-//! The line-protocol listener's connections: a reader thread that runs the commands, and a
-//! writer thread that drains the client's queue when the socket is slow.
+//! The line-protocol listener's connections: a reader thread that runs the commands; the
+//! client's writer thread (see `outbound.rs`) starts when its socket is slow.
 
 use crate::auth::{self, StoreError};
 use crate::broker::Subscriber;
@@ -63,21 +63,6 @@ fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         Arc::clone(&ctx.metrics),
         peer,
     );
-    let writer = {
-        let out = Arc::clone(&out);
-        thread::Builder::new()
-            .name(format!("mist-tcp-w {peer}"))
-            .stack_size(server::CONN_STACK)
-            .spawn(move || out.run_writer())
-    };
-    let writer = match writer {
-        Ok(w) => w,
-        Err(e) => {
-            log::error!("{peer}: cannot start a writer thread: {e}");
-            ctx.conns.release();
-            return;
-        }
-    };
     ctx.conns.insert(id, Arc::clone(&out));
     metrics::add(&ctx.metrics.tcp_connections, 1);
     let mut session = Session {
@@ -92,9 +77,8 @@ fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     };
     session.read_loop(&sock);
     // The client is gone or closed its side: dropping the session stops deliveries and lets
-    // the writer send what is queued, then close.
+    // what is queued be written before the socket closes.
     drop(session);
-    let _ = writer.join();
     log::debug!("{peer}: disconnected");
 }
 

@@ -22,7 +22,6 @@ use crate::wsjson::{self, WsCommand};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 use tungstenite::error::{CapacityError, Error as WsError};
 use tungstenite::protocol::{Role, WebSocketConfig, frame::coding::CloseCode};
@@ -74,22 +73,6 @@ pub(crate) fn run(
     rest: Vec<u8>,
 ) {
     let peer = out.peer();
-    let writer = {
-        let out = Arc::clone(&out);
-        thread::Builder::new()
-            .name(format!("mist-ws-w {peer}"))
-            .stack_size(crate::server::CONN_STACK)
-            .spawn(move || out.run_writer())
-    };
-    let writer = match writer {
-        Ok(w) => w,
-        Err(e) => {
-            log::error!("{peer}: cannot start a writer thread: {e}");
-            ctx.tokens.detach(&token, id);
-            ctx.conns.release();
-            return;
-        }
-    };
     ctx.conns.insert(id, Arc::clone(&out));
     metrics::add(&ctx.metrics.ws_connections, 1);
     let max = ctx.config.max_line_bytes;
@@ -115,7 +98,6 @@ pub(crate) fn run(
     };
     session.read_loop(ws, &sock);
     drop(session);
-    let _ = writer.join();
     // Our close frame is out: read what the client still sends, so closing the socket does
     // not reset the connection before the client has read it.
     crate::http::linger(&sock);
