@@ -49,10 +49,8 @@ pub fn run(addr: &str, admin_token: Option<&str>, cmd: Command) -> Result<(), Cl
             | Command::Unset(_)
             | Command::Tags(_)
     );
-    if admin {
-        if let Some(token) = admin_token {
-            conn.send(&format!("auth {token}"))?;
-        }
+    if let (true, Some(token)) = (admin, admin_token) {
+        conn.send(&format!("auth {token}"))?;
     }
     match cmd {
         Command::Ping(_) => {
@@ -78,6 +76,10 @@ pub fn run(addr: &str, admin_token: Option<&str>, cmd: Command) -> Result<(), Cl
         Command::Unregister(u) => conn.command(&format!("unregister {}", u.token)),
         Command::Set(s) => conn.command(&format!("set {} {}", s.tags, s.token)),
         Command::Unset(u) => conn.command(&format!("unset {} {}", u.tags, u.token)),
+        // main runs `mist bench` itself; it is not a single client command.
+        Command::Bench(_) => Err(ClientError::Usage(
+            "`mist bench` is not a client command".into(),
+        )),
         Command::Tags(t) => {
             conn.send(&format!("tags {}", t.token))?;
             let reply = conn.expect_prefix("tags ")?;

@@ -25,9 +25,11 @@
 //! - [`metrics`]: counters and their Prometheus form.
 //! - [`server`]: listeners, shared context, connection registry, shutdown.
 //! - [`client`]: the command-line client (`mist publish ...`).
+//! - [`bench`]: `mist bench`, the load generator that measures a running server.
 //! - [`cli`]: command-line arguments.
 
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

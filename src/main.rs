@@ -5,12 +5,14 @@ use mist::Server;
 use mist::auth::TokenStore;
 use mist::auth::memory::MemoryStore;
 use mist::auth::postgres::PgStore;
-use mist::cli::Args;
+use mist::cli::{Args, Bench, Command};
 use mist::config::{AuthStore, Cluster, Config, Overrides};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let args = parse_args();
     if args.version {
         println!("mist {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
@@ -26,15 +28,37 @@ fn main() -> ExitCode {
         eprintln!("mist: nothing to do. Run `mist -d` to start the server, or `mist --help`.");
         return ExitCode::from(2);
     };
-    let addr = args.tcp_addr.as_deref().unwrap_or("127.0.0.1:1445");
     let admin_token = args
         .admin_token
         .or_else(|| std::env::var("MIST_ADMIN_TOKEN").ok());
+    let cmd = match cmd {
+        Command::Bench(bench) => {
+            let globals = mist::bench::Globals {
+                tcp_addr: args.tcp_addr,
+                http_addr: args.http_addr,
+                admin_token,
+            };
+            return run_bench(bench, globals);
+        }
+        cmd => cmd,
+    };
+    let addr = args.tcp_addr.as_deref().unwrap_or("127.0.0.1:1445");
     match mist::client::run(addr, admin_token.as_deref(), cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mist: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `mist bench`: exit code 2 for bad arguments, 1 when the run could not be set up.
+fn run_bench(bench: Bench, globals: mist::bench::Globals) -> ExitCode {
+    match mist::bench::run(bench, globals) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mist bench: {e}");
+            ExitCode::from(if e.is_usage() { 2 } else { 1 })
         }
     }
 }
@@ -79,6 +103,15 @@ fn serve(args: &Args) -> ExitCode {
             }
         },
     };
+    // Take over SIGINT and SIGTERM before listening: once the log says the server listens, a
+    // signal must be a clean stop, not the signal's default action.
+    let signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot handle signals: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let server = match Server::start(config, store) {
         Ok(s) => s,
         Err(e) => {
@@ -86,7 +119,7 @@ fn serve(args: &Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    wait_for_signal();
+    wait_for_signal(signals);
     log::info!("shutting down");
     server.shutdown();
     ExitCode::SUCCESS
@@ -98,18 +131,32 @@ fn config_error(e: &mist::config::ConfigError) -> ExitCode {
 }
 
 /// Blocks until SIGINT or SIGTERM.
-fn wait_for_signal() {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-        Ok(mut signals) => {
-            signals.forever().next();
-        }
-        Err(e) => {
-            log::error!("cannot handle signals ({e}); stop the server with SIGKILL");
-            loop {
-                std::thread::park();
+fn wait_for_signal(mut signals: Signals) {
+    signals.forever().next();
+}
+
+/// The arguments, as `argh::from_env` parses them, but with exit code 2 for bad arguments, as
+/// `--help` documents (argh alone exits with 1).
+fn parse_args() -> Args {
+    use argh::FromArgs;
+    let strings: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = strings.iter().map(String::as_str).collect();
+    let name = std::path::Path::new(strs.first().copied().unwrap_or("mist"))
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("mist");
+    match Args::from_args(&[name], strs.get(1..).unwrap_or(&[])) {
+        Ok(args) => args,
+        Err(early) => match early.status {
+            Ok(()) => {
+                println!("{}", early.output);
+                std::process::exit(0);
             }
-        }
+            Err(()) => {
+                eprintln!("{}\nRun {name} --help for more information.", early.output);
+                std::process::exit(2);
+            }
+        },
     }
 }
 

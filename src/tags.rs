@@ -200,10 +200,8 @@ pub fn check_list(list: &[u8], max_tags: usize) -> Result<bool, TagError> {
     for tag in list.split(|&b| b == b',') {
         validate_tag(tag)?;
         count += 1;
-        if let Some(p) = prev {
-            if p >= tag {
-                normalised = false;
-            }
+        if prev.is_some_and(|p| p >= tag) {
+            normalised = false;
         }
         prev = Some(tag);
     }

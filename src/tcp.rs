@@ -163,11 +163,9 @@ impl Session {
     }
 
     fn execute(&mut self, cmd: Command<'_>) {
-        if cmd.is_admin() {
-            if let Err(reason) = self.admin_allowed() {
-                self.error(reason);
-                return;
-            }
+        if let (true, Err(reason)) = (cmd.is_admin(), self.admin_allowed()) {
+            self.error(reason);
+            return;
         }
         let ctx = Arc::clone(&self.ctx);
         match cmd {

@@ -134,16 +134,26 @@ impl PgStore {
             .connect_timeout(STATEMENT_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
-            .options(&format!("-c statement_timeout={}", STATEMENT_TIMEOUT.as_millis()));
+            .options(&format!(
+                "-c statement_timeout={}",
+                STATEMENT_TIMEOUT.as_millis()
+            ));
         if let Some(pw) = &cfg.password {
             config.password(pw);
         }
-        let mut client = config.connect(NoTls).map_err(|e| open_error(describe(&e)))?;
-        client.batch_execute(SCHEMA).map_err(|e| open_error(unavailable(&e).to_string()))?;
+        let mut client = config
+            .connect(NoTls)
+            .map_err(|e| open_error(describe(&e)))?;
+        client
+            .batch_execute(SCHEMA)
+            .map_err(|e| open_error(unavailable(&e).to_string()))?;
         let store = PgStore {
             config,
             address: cfg.address.clone(),
-            pool: Mutex::new(Pool { idle: vec![client], open: 1 }),
+            pool: Mutex::new(Pool {
+                idle: vec![client],
+                open: 1,
+            }),
             returned: Condvar::new(),
         };
         Ok(store)
@@ -169,7 +179,9 @@ impl PgStore {
                 });
             }
             if self.returned.wait_until(&mut pool, deadline).timed_out() {
-                return Err(StoreError::Unavailable("all database connections are busy".into()));
+                return Err(StoreError::Unavailable(
+                    "all database connections are busy".into(),
+                ));
             }
         }
     }
@@ -274,7 +286,10 @@ fn tag_array(tags: &TagSet) -> Vec<&str> {
 
 /// Locks the token's row; false when it does not exist.
 fn lock_token(tx: &mut Transaction<'_>, token: &str) -> Result<bool, postgres::Error> {
-    let rows = tx.query("SELECT 1 FROM mist_tokens WHERE token = $1 FOR UPDATE", &[&token])?;
+    let rows = tx.query(
+        "SELECT 1 FROM mist_tokens WHERE token = $1 FOR UPDATE",
+        &[&token],
+    )?;
     Ok(!rows.is_empty())
 }
 
@@ -299,7 +314,11 @@ impl TokenStore for PgStore {
     fn unregister(&self, token: &str) -> Result<(), StoreError> {
         self.write(|tx| {
             let gone = tx.execute("DELETE FROM mist_tokens WHERE token = $1", &[&token])?;
-            Ok(if gone == 0 { Err(StoreError::UnknownToken) } else { Ok(()) })
+            Ok(if gone == 0 {
+                Err(StoreError::UnknownToken)
+            } else {
+                Ok(())
+            })
         })
     }
 
@@ -339,6 +358,9 @@ impl TokenStore for PgStore {
         if rows.is_empty() {
             return Err(StoreError::UnknownToken);
         }
-        Ok(rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)).collect())
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get::<_, Option<String>>(0))
+            .collect())
     }
 }

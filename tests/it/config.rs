@@ -1,1 +1,457 @@
-//! (being written)
+//! The server binary: config files (good and bad), flags that override them, signals, and the
+//! informational flags. Every server runs as a real `mist -d` process on ports chosen here.
+
+use crate::cli::{Output, Proc, mist};
+use crate::support::{LineClient, TIMEOUT};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Writes `text` to a config file of its own and returns its path.
+fn config_file(name: &str, text: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("mist-{}-{n}-{name}.conf", std::process::id()));
+    std::fs::write(&path, text).expect("write the config file");
+    path
+}
+
+/// Two loopback addresses that were free a moment ago (both are held until both are chosen,
+/// so they differ).
+fn free_addrs() -> (SocketAddr, SocketAddr) {
+    let a = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
+/// A `mist -d` process whose start-up log said where it listens.
+struct ServerProc {
+    proc: Proc,
+    /// Its log so far.
+    log: Vec<String>,
+}
+
+impl ServerProc {
+    /// Starts `mist -d ARGS` and waits for the log line that says it listens for TCP clients
+    /// on `tcp`; the server accepts connections from then on.
+    fn start(args: &[&str], tcp: SocketAddr) -> ServerProc {
+        let mut all = vec!["-d"];
+        all.extend_from_slice(args);
+        let proc = Proc::spawn(&all, &[], None);
+        let want = format!("listening for TCP clients on {tcp}");
+        let log = Proc::lines_until(&proc.stderr, |l| l.contains(&want));
+        ServerProc { proc, log }
+    }
+
+    /// Waits for more log until a line contains `what`.
+    fn wait_log(&mut self, what: &str) {
+        if self.log.iter().any(|l| l.contains(what)) {
+            return;
+        }
+        let more = Proc::lines_until(&self.proc.stderr, |l| l.contains(what));
+        self.log.extend(more);
+    }
+}
+
+/// Asserts that `mist ARGS` stopped at start-up with exit code 2 and the one stderr line
+/// `want`.
+fn assert_refused(out: &Output, want: &str) {
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    assert!(out.stderr.starts_with(want), "{out:?}\nwanted: {want}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+}
+
+#[test]
+fn bad_config_files_name_file_line_and_key() {
+    // (file text, line, key, reason)
+    let cases = [
+        ("log_level INFO\n\nbogus 1\n", 3, "bogus", "unknown key"),
+        (
+            "# a comment\nmax_tags lots\n",
+            2,
+            "max_tags",
+            "'lots' is not a whole number",
+        ),
+        (
+            "max_tags 0\n",
+            1,
+            "max_tags",
+            "0 is out of range (1..=4096)",
+        ),
+        (
+            "client_queue -5\n",
+            1,
+            "client_queue",
+            "'-5' is not a whole number",
+        ),
+        (
+            "log_level loud\n",
+            1,
+            "log_level",
+            "'loud' is not one of TRACE, DEBUG, INFO, WARN, ERROR",
+        ),
+        (
+            "auth_store redis\n",
+            1,
+            "auth_store",
+            "'redis' is not one of memory, postgres",
+        ),
+        (
+            "\n  tcp_listen_address nowhere\n",
+            2,
+            "tcp_listen_address",
+            "'nowhere' is not host:port",
+        ),
+        (
+            "max_tags 3\n# again:\nmax_tags 4\n",
+            3,
+            "max_tags",
+            "set twice (first on line 1)",
+        ),
+        ("admin_token\n", 1, "admin_token", "missing value"),
+        (
+            "max_connections   \n",
+            1,
+            "max_connections",
+            "missing value",
+        ),
+        (
+            "admin_token two words\n",
+            1,
+            "admin_token",
+            "invalid token: contains whitespace or a control character",
+        ),
+    ];
+    for (text, line, key, reason) in cases {
+        let path = config_file(key, text);
+        let p = path.to_str().unwrap();
+        // Ephemeral ports, so that a file wrongly accepted cannot take the default ones.
+        let out = mist(&[
+            "-d",
+            "--config",
+            p,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tcp-addr",
+            "127.0.0.1:0",
+        ]);
+        assert_refused(&out, &format!("mist: {p}:{line}: {key}: {reason}\n"));
+    }
+}
+
+#[test]
+fn missing_config_file_is_refused() {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mist-no-such-file.conf");
+    let p = path.to_str().unwrap();
+    let out = mist(&["-d", "--config", p, "--tcp-addr", "127.0.0.1:0"]);
+    assert_refused(&out, &format!("mist: {p}: "));
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let out = mist(&[
+        "-d",
+        "--log-level",
+        "loud",
+        "--tcp-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_refused(
+        &out,
+        "mist: --log-level: 'loud' is not one of TRACE, DEBUG, INFO, WARN, ERROR\n",
+    );
+    let out = mist(&["-d", "--tcp-addr", "nowhere", "--http-addr", "127.0.0.1:0"]);
+    assert_refused(&out, "mist: --tcp-addr: 'nowhere' is not host:port\n");
+    // A flag's bad value is refused even when the file is fine.
+    let path = config_file("fine", "max_tags 4\n");
+    let out = mist(&[
+        "-d",
+        "--config",
+        path.to_str().unwrap(),
+        "--log-level",
+        "",
+        "--tcp-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_refused(&out, "mist: --log-level: ");
+}
+
+/// An HTTP/1.1 GET; returns the whole response.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_good_config_file_is_used() {
+    let (tcp, http) = free_addrs();
+    let text = format!(
+        "# mist.conf for a test\n\
+         \n\
+         tcp_listen_address {tcp}\n\
+         \x20 # an indented comment\n\
+         http_listen_address {http}\n\
+         log_level info\n\
+         auth_store memory\n\
+         cluster none\n\
+         admin_token s3cret\n\
+         client_queue 100\n\
+         client_queue_bytes 1048576\n\
+         max_line_bytes 4096\n\
+         max_tags 2\n\
+         max_connections 50\n\
+         multicast_interface eth0\n"
+    );
+    let path = config_file("good", &text);
+    let mut server = ServerProc::start(&["--config", path.to_str().unwrap()], tcp);
+    server.wait_log(&format!(
+        "listening for HTTP and WebSocket clients on {http}"
+    ));
+    // An accepted but unused setting is warned about.
+    assert!(
+        server.log.iter().any(|l| l.contains("multicast_interface")),
+        "{:?}",
+        server.log
+    );
+
+    // The CLI reaches it.
+    let out = mist(&["--tcp-addr", &tcp.to_string(), "ping"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "pong\n"),
+        "{out:?}"
+    );
+
+    // Each setting took effect.
+    let mut c = LineClient::connect(tcp);
+    c.send("subscribe a,b,c");
+    c.expect("error invalid tags: more than 2 distinct tags");
+    c.send("register a tok");
+    c.expect("error admin commands need auth ADMIN_TOKEN first");
+    c.send(&"x".repeat(5000));
+    c.expect("error line too long (max_line_bytes 4096)");
+    c.send("auth s3cret");
+    c.send("register a tok");
+    c.send("tags tok");
+    c.expect("tags tok a");
+    let resp = http_get(http, "/ping");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\npong"), "{resp}");
+
+    server.proc.signal(libc::SIGTERM);
+    assert_eq!(server.proc.wait(Duration::from_secs(2)).code(), Some(0));
+}
+
+/// A wrong `auth` is logged, and neither the wrong token nor the real one is written anywhere
+/// in the log.
+#[test]
+fn wrong_auth_is_logged_without_the_token() {
+    let (tcp, http) = free_addrs();
+    let path = config_file(
+        "auth-log",
+        &format!(
+            "tcp_listen_address {tcp}\nhttp_listen_address {http}\nadmin_token right-s3cret\n"
+        ),
+    );
+    let mut server = ServerProc::start(&["--config", path.to_str().unwrap()], tcp);
+    let mut c = LineClient::connect(tcp);
+    c.send("auth wrong-guess-42");
+    c.expect("error wrong admin token");
+    c.send("auth right-s3cret");
+    c.ping();
+    // The log line is written before the reply is sent.
+    server.wait_log("wrong admin token");
+    server.proc.signal(libc::SIGTERM);
+    assert_eq!(server.proc.wait(Duration::from_secs(2)).code(), Some(0));
+    let mut log = server.log.concat();
+    log.push_str(&Proc::rest(&server.proc.stderr));
+    assert!(!log.contains("wrong-guess-42"), "{log}");
+    assert!(!log.contains("right-s3cret"), "{log}");
+}
+
+#[test]
+fn tcp_addr_flag_overrides_the_file() {
+    let (in_file, on_flag) = free_addrs();
+    let (http, _) = free_addrs();
+    let path = config_file(
+        "override",
+        &format!("tcp_listen_address {in_file}\nhttp_listen_address {http}\n"),
+    );
+    let flag = on_flag.to_string();
+    let mut server = ServerProc::start(
+        &["--config", path.to_str().unwrap(), "--tcp-addr", &flag],
+        on_flag,
+    );
+    assert!(
+        !server.log.iter().any(|l| l.contains(&in_file.to_string())),
+        "{:?}",
+        server.log
+    );
+    let out = mist(&["--tcp-addr", &flag, "ping"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "pong\n"),
+        "{out:?}"
+    );
+    server.proc.signal(libc::SIGTERM);
+    assert_eq!(server.proc.wait(Duration::from_secs(2)).code(), Some(0));
+}
+
+/// Starts a server, connects clients (one mid-subscription, one idle), sends `sig`, and
+/// expects exit code 0 within 2 s with the clients' connections closed.
+fn stops_on(sig: libc::c_int) {
+    let (tcp, http) = free_addrs();
+    let (t, h) = (tcp.to_string(), http.to_string());
+    let mut server = ServerProc::start(&["--tcp-addr", &t, "--http-addr", &h], tcp);
+    let mut sub = LineClient::connect(tcp);
+    sub.send("subscribe a");
+    sub.ping();
+    let mut idle = LineClient::connect(tcp);
+    idle.ping();
+    let mut publ = LineClient::connect(tcp);
+    publ.send("publish a before");
+    publ.ping();
+    assert_eq!(sub.sync(), ["publish a before"]);
+
+    server.proc.signal(sig);
+    let status = server.proc.wait(Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // The clients' connections are closed.
+    assert_eq!(sub.read_to_end(), b"");
+    assert_eq!(idle.read_to_end(), b"");
+    assert_eq!(publ.read_to_end(), b"");
+}
+
+#[test]
+fn sigterm_stops_the_server_with_code_0() {
+    stops_on(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_stops_the_server_with_code_0() {
+    stops_on(libc::SIGINT);
+}
+
+#[test]
+fn the_log_says_where_the_server_listens() {
+    let (tcp, http) = free_addrs();
+    let (t, h) = (tcp.to_string(), http.to_string());
+    let mut server = ServerProc::start(
+        &["--tcp-addr", &t, "--http-addr", &h, "--log-level", "INFO"],
+        tcp,
+    );
+    server.wait_log(&format!(
+        "listening for HTTP and WebSocket clients on {http}"
+    ));
+    let mut c = LineClient::connect(tcp);
+    c.ping();
+    server.proc.signal(libc::SIGTERM);
+    assert_eq!(server.proc.wait(Duration::from_secs(2)).code(), Some(0));
+}
+
+/// Once the server has said it listens, a SIGTERM must be a clean stop (a supervisor may send
+/// one at any time), not the default action of the signal.
+#[test]
+fn sigterm_right_after_start_up_is_a_clean_stop() {
+    let (tcp, http) = free_addrs();
+    let (t, h) = (tcp.to_string(), http.to_string());
+    let mut server = ServerProc::start(&["--tcp-addr", &t, "--http-addr", &h], tcp);
+    server.proc.signal(libc::SIGTERM);
+    let status = server.proc.wait(Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn nothing_to_do_exits_2() {
+    let out = mist(&[]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(2), ""), "{out:?}");
+    assert!(out.stderr.starts_with("mist: "), "{out:?}");
+    let out = mist(&["-d", "--tcp-addr", "127.0.0.1:0", "ping"]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(2), ""), "{out:?}");
+}
+
+/// `mist --help` promises exit code 2 for bad arguments (and 1 for a failed command).
+#[test]
+fn bad_arguments_exit_2() {
+    for args in [
+        &["--bogus"][..],
+        &["publish", "a"],
+        &["subscribe"],
+        &["frobnicate"],
+        &["--tcp-addr"],
+    ] {
+        let out = mist(args);
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert_eq!(out.stdout, "", "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn version_flag() {
+    let want = format!("mist {}\n", env!("CARGO_PKG_VERSION"));
+    for flag in ["-v", "--version"] {
+        let out = mist(&[flag]);
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (Some(0), want.as_str(), ""),
+            "{flag}"
+        );
+    }
+}
+
+#[test]
+fn help_mentions_every_command() {
+    let out = mist(&["--help"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let commands: Vec<&str> = out
+        .stdout
+        .split("\nCommands:\n")
+        .nth(1)
+        .expect("a Commands section")
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for cmd in [
+        "ping",
+        "publish",
+        "subscribe",
+        "unsubscribe",
+        "list",
+        "register",
+        "unregister",
+        "set",
+        "unset",
+        "tags",
+    ] {
+        assert!(commands.contains(&cmd), "{cmd} in {commands:?}");
+    }
+    for flag in [
+        "-d",
+        "--config",
+        "--tcp-addr",
+        "--http-addr",
+        "--log-level",
+        "--admin-token",
+    ] {
+        assert!(out.stdout.contains(flag), "{flag} in the help");
+    }
+}

@@ -4,6 +4,7 @@
 mod pgsupport;
 mod support;
 
+mod bench;
 mod cli;
 mod config;
 mod matching;

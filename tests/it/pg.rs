@@ -2,7 +2,7 @@
 //! survival across restarts, concurrency, and what happens when the database goes away.
 
 use crate::pgsupport::{Cluster, PgDb};
-use crate::support::{TestServer, try_ws_connect, ws_connect, ws_sync, ws_text, ws_send};
+use crate::support::{TestServer, try_ws_connect, ws_connect, ws_send, ws_sync, ws_text};
 use mist::auth::postgres::PgStore;
 use mist::auth::{StoreError, TokenStore};
 use mist::tags::TagSet;
@@ -38,8 +38,12 @@ fn tables_have_keys_and_cascade() {
         .unwrap()
         .get(0);
     assert_eq!(rule, "CASCADE");
-    c.execute("DELETE FROM mist_tokens WHERE token = 'tok'", &[]).unwrap();
-    let left: i64 = c.query_one("SELECT count(*) FROM mist_token_tags", &[]).unwrap().get(0);
+    c.execute("DELETE FROM mist_tokens WHERE token = 'tok'", &[])
+        .unwrap();
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM mist_token_tags", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(left, 0, "deleting a token deletes its tags");
     // Opening a second store on the same database finds the tables already there.
     drop(db.store());
@@ -61,10 +65,18 @@ fn register_is_all_or_nothing() {
         .unwrap();
     let err = store.register("tok", &set("a,boom,c")).unwrap_err();
     assert_eq!(err, StoreError::Unavailable("boom refused".into()));
-    assert_eq!(store.tags("tok"), Err(StoreError::UnknownToken), "no half-registered token");
+    assert_eq!(
+        store.tags("tok"),
+        Err(StoreError::UnknownToken),
+        "no half-registered token"
+    );
     store.register("tok", &set("a,c")).unwrap();
     assert!(store.set("tok", &set("b,boom")).is_err());
-    assert_eq!(store.tags("tok").unwrap(), ["a", "c"], "a failed set adds nothing");
+    assert_eq!(
+        store.tags("tok").unwrap(),
+        ["a", "c"],
+        "a failed set adds nothing"
+    );
     // The connection that saw the error is still usable.
     assert_eq!(store.tags("tok").unwrap(), ["a", "c"]);
 }
@@ -83,7 +95,10 @@ fn tokens_survive_a_restart() {
     c.expect("tags lasting a,b");
     let mut ws = ws_connect(second.http, "lasting");
     ws_send(&mut ws, r#"{"command":"subscribe","tags":["a"]}"#);
-    assert_eq!(ws_text(&mut ws), r#"{"success":true,"command":"subscribe"}"#);
+    assert_eq!(
+        ws_text(&mut ws),
+        r#"{"success":true,"command":"subscribe"}"#
+    );
 }
 
 #[test]
@@ -103,7 +118,9 @@ fn a_burst_of_1000_websocket_connects_all_succeed() {
             thread::spawn(move || {
                 start.wait();
                 // Keep every connection open until all are made: a real burst.
-                (0..per_thread).map(|_| try_ws_connect(http, Some("tok"), None)).collect::<Vec<_>>()
+                (0..per_thread)
+                    .map(|_| try_ws_connect(http, Some("tok"), None))
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
@@ -121,7 +138,11 @@ fn a_burst_of_1000_websocket_connects_all_succeed() {
 
 #[test]
 fn unreachable_at_start_names_the_address() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = mist::config::PgConfig {
         user: "postgres".into(),
         password: None,
@@ -129,7 +150,10 @@ fn unreachable_at_start_names_the_address() {
         address: format!("127.0.0.1:{port}"),
     };
     let err = PgStore::open(&cfg).err().expect("nothing listens there");
-    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
 
     // The binary says so and exits with 1.
     let dir = std::env::temp_dir().join(format!("mist-pg-conf-{}", std::process::id()));
@@ -159,32 +183,47 @@ fn unreachable_at_start_names_the_address() {
 #[test]
 fn survives_the_database_going_away_and_heals() {
     let cluster = Cluster::start();
-    let server = TestServer::with_store(|_| {}, Box::new(PgStore::open(&cluster.config()).unwrap()));
+    let server =
+        TestServer::with_store(|_| {}, Box::new(PgStore::open(&cluster.config()).unwrap()));
     let mut admin = server.client();
     admin.send("register news tok");
     admin.ping();
     let mut open = ws_connect(server.http, "tok");
     ws_send(&mut open, r#"{"command":"subscribe","tags":["news"]}"#);
-    assert_eq!(ws_text(&mut open), r#"{"success":true,"command":"subscribe"}"#);
+    assert_eq!(
+        ws_text(&mut open),
+        r#"{"success":true,"command":"subscribe"}"#
+    );
 
     cluster.down();
 
     admin.send("register news other");
     let reply = admin.line();
-    assert!(reply.starts_with("error token store unavailable: "), "{reply}");
+    assert!(
+        reply.starts_with("error token store unavailable: "),
+        "{reply}"
+    );
     admin.send("tags tok");
     assert!(admin.line().starts_with("error token store unavailable: "));
-    assert_eq!(try_ws_connect(server.http, Some("tok"), None).err(), Some(503));
+    assert_eq!(
+        try_ws_connect(server.http, Some("tok"), None).err(),
+        Some(503)
+    );
     // The open WebSocket still gets messages and answers commands that need no database.
     let mut publisher = server.client();
     publisher.send("publish news still here");
     publisher.ping();
-    assert_eq!(ws_sync(&mut open), [r#"{"keys":["news"],"data":"still here"}"#]);
+    assert_eq!(
+        ws_sync(&mut open),
+        [r#"{"keys":["news"],"data":"still here"}"#]
+    );
     // Subscribing needs the token check: it fails cleanly and the connection stays.
     ws_send(&mut open, r#"{"command":"subscribe","tags":["news","x"]}"#);
     let reply = ws_text(&mut open);
     assert!(
-        reply.starts_with(r#"{"success":false,"command":"subscribe","error":"token store unavailable: "#),
+        reply.starts_with(
+            r#"{"success":false,"command":"subscribe","error":"token store unavailable: "#
+        ),
         "{reply}"
     );
 
@@ -198,5 +237,8 @@ fn survives_the_database_going_away_and_heals() {
     admin.expect("tags other news");
     let mut again = ws_connect(server.http, "other");
     ws_send(&mut again, r#"{"command":"subscribe","tags":["news"]}"#);
-    assert_eq!(ws_text(&mut again), r#"{"success":true,"command":"subscribe"}"#);
+    assert_eq!(
+        ws_text(&mut again),
+        r#"{"success":true,"command":"subscribe"}"#
+    );
 }

@@ -51,10 +51,19 @@ impl PgDb {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let mut admin = admin_client(&address);
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
         PgDb {
-            config: PgConfig { user: user(), password: None, database: name, address },
+            config: PgConfig {
+                user: user(),
+                password: None,
+                database: name,
+                address,
+            },
         }
     }
 
@@ -79,8 +88,10 @@ impl PgDb {
 impl Drop for PgDb {
     fn drop(&mut self) {
         let mut admin = admin_client(&self.config.address);
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.config.database));
+        let _ = admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.config.database
+        ));
     }
 }
 
@@ -118,7 +129,10 @@ fn run_pg(bin: &Path, tool: &str, args: &[&str]) {
     } else {
         Command::new(&exe)
     };
-    let out = cmd.args(args).output().unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+    let out = cmd
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
     assert!(
         out.status.success(),
         "{tool} {args:?} failed: {}{}",
@@ -128,7 +142,11 @@ fn run_pg(bin: &Path, tool: &str, args: &[&str]) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Cluster {
@@ -142,12 +160,31 @@ impl Cluster {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
-            let status = Command::new("chown").arg("postgres:postgres").arg(&dir).status().unwrap();
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&dir)
+                .status()
+                .unwrap();
             assert!(status.success(), "chown the cluster directory");
         }
         let data = dir.join("data");
-        run_pg(&bin, "initdb", &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres"]);
-        let cluster = Cluster { dir, bin, port: free_port() };
+        run_pg(
+            &bin,
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+            ],
+        );
+        let cluster = Cluster {
+            dir,
+            bin,
+            port: free_port(),
+        };
         cluster.up();
         cluster
     }
@@ -164,14 +201,27 @@ impl Cluster {
         run_pg(
             &self.bin,
             "pg_ctl",
-            &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &opts, "-w", "start"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
         );
     }
 
     /// Stops the cluster (fast shutdown: open sessions are cut).
     pub fn down(&self) {
         let data = self.dir.join("data");
-        run_pg(&self.bin, "pg_ctl", &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+        run_pg(
+            &self.bin,
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        );
     }
 
     /// Settings for the cluster's `postgres` database.
@@ -196,7 +246,9 @@ impl Drop for Cluster {
         } else {
             Command::new(&exe)
         };
-        let _ = cmd.args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"]).output();
+        let _ = cmd
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

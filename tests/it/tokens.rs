@@ -21,11 +21,17 @@ struct Setup {
 
 fn setup(store: Store, f: impl FnOnce(&mut Config)) -> Setup {
     match store {
-        Store::Memory => Setup { server: TestServer::with(f), _db: None },
+        Store::Memory => Setup {
+            server: TestServer::with(f),
+            _db: None,
+        },
         Store::Postgres => {
             let db = PgDb::create();
             let server = TestServer::with_store(f, Box::new(db.store()));
-            Setup { server, _db: Some(db) }
+            Setup {
+                server,
+                _db: Some(db),
+            }
         }
     }
 }
@@ -108,8 +114,14 @@ fn websocket_auth_by_header_and_query(store: Store) {
     let mut by_query = try_ws_connect(s.server.http, None, Some("good")).expect("query token");
     assert!(ws_sync(&mut by_query).is_empty());
     // The header wins over the query parameter.
-    assert_eq!(try_ws_connect(s.server.http, Some("good"), Some("bad")).err(), None);
-    assert_eq!(try_ws_connect(s.server.http, Some("bad"), Some("good")).err(), Some(401));
+    assert_eq!(
+        try_ws_connect(s.server.http, Some("good"), Some("bad")).err(),
+        None
+    );
+    assert_eq!(
+        try_ws_connect(s.server.http, Some("bad"), Some("good")).err(),
+        Some(401)
+    );
 }
 
 fn websocket_refusals_are_401(store: Store) {
@@ -118,9 +130,21 @@ fn websocket_refusals_are_401(store: Store) {
     c.send("register a tagless");
     c.send("unset a tagless");
     c.ping();
-    assert_eq!(try_ws_connect(s.server.http, None, None).err(), Some(401), "missing token");
-    assert_eq!(try_ws_connect(s.server.http, Some("nope"), None).err(), Some(401), "unknown");
-    assert_eq!(try_ws_connect(s.server.http, Some("tagless"), None).err(), Some(401), "no tags");
+    assert_eq!(
+        try_ws_connect(s.server.http, None, None).err(),
+        Some(401),
+        "missing token"
+    );
+    assert_eq!(
+        try_ws_connect(s.server.http, Some("nope"), None).err(),
+        Some(401),
+        "unknown"
+    );
+    assert_eq!(
+        try_ws_connect(s.server.http, Some("tagless"), None).err(),
+        Some(401),
+        "no tags"
+    );
 }
 
 fn subscribe(ws: &mut WebSocket<TcpStream>, tags: &str) -> String {
@@ -137,14 +161,22 @@ fn subscribe_needs_one_allowed_tag(store: Store) {
     c.ping();
     let mut ws = ws_connect(s.server.http, "t");
     assert_eq!(subscribe(&mut ws, r#"["news"]"#), OK);
-    assert_eq!(subscribe(&mut ws, r#"["news","weather"]"#), OK, "one allowed tag is enough");
+    assert_eq!(
+        subscribe(&mut ws, r#"["news","weather"]"#),
+        OK,
+        "one allowed tag is enough"
+    );
     assert_eq!(
         subscribe(&mut ws, r#"["weather","tv"]"#),
         r#"{"success":false,"command":"subscribe","error":"token lacks the tags tv,weather"}"#
     );
     c.send("set weather t");
     c.ping();
-    assert_eq!(subscribe(&mut ws, r#"["weather","tv"]"#), OK, "checked against the tags now");
+    assert_eq!(
+        subscribe(&mut ws, r#"["weather","tv"]"#),
+        OK,
+        "checked against the tags now"
+    );
     ws_send(&mut ws, r#"{"command":"list"}"#);
     assert_eq!(
         ws_text(&mut ws),
@@ -179,7 +211,10 @@ fn unregister_closes_websockets_with_1008(store: Store) {
         }
     }
     assert_eq!(ws_sync(&mut keep), [r#"{"keys":["news"],"data":"after"}"#]);
-    assert_eq!(try_ws_connect(s.server.http, Some("doomed"), None).err(), Some(401));
+    assert_eq!(
+        try_ws_connect(s.server.http, Some("doomed"), None).err(),
+        Some(401)
+    );
 }
 
 fn unset_revokes_subscriptions_that_lost_their_last_tag(store: Store) {

@@ -1,0 +1,670 @@
+//! The publish/subscribe scenarios: fanout, fanin, latency, index and conns differ only in
+//! their defaults (subscribers, publishers, rate, noise), so one run serves them all:
+//!
+//! 1. With `--transport ws`, register a token over TCP that grants the subscribed tags.
+//! 2. Open the noise connections (index), each sending its subscriptions pipelined and one
+//!    `ping`, and wait for every `pong`.
+//! 3. Open the subscribers, each confirmed (`pong`, or the WebSocket subscribe reply).
+//! 4. Open the publishers, each confirmed with a `ping`.
+//! 5. Release the publishers together; reader threads count deliveries; the run ends when
+//!    every subscriber has everything, when deliveries stop for `--idle` seconds after the
+//!    publishers finished, or at `--timeout`.
+//! 6. Read the server's CPU time and memory while every connection is still open, then close.
+
+use super::net::{self, Control, Deadline};
+use super::payload::{self, Clock, Stamp};
+use super::reader::{Conn, Plan, Reader, Role, Stats};
+use super::report::{Latency, Params, PubSub, Server};
+use super::{BenchError, Options, Transport, progress, sys};
+use crate::tags::TagSet;
+use std::io::{self, BufWriter, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+/// Publishers write through a buffer this large, and flush when it is full (or, when paced,
+/// whenever they have caught up with their schedule).
+const PUBLISH_BUFFER: usize = 256 * 1024;
+/// Threads that open subscriber connections at the same time.
+const SETUP_THREADS: usize = 16;
+/// Noise tags are drawn from `n0` to `n999999`.
+const NOISE_VOCABULARY: u64 = 1_000_000;
+/// How often the monitoring loop looks at the readers' progress.
+const POLL: Duration = Duration::from_millis(5);
+
+fn setup_error(msg: impl Into<String>) -> BenchError {
+    BenchError::Setup(msg.into())
+}
+
+/// A WebSocket token registered for the run, removed again when dropped.
+struct Token {
+    control: Control,
+    token: String,
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        self.control.unregister(&self.token);
+    }
+}
+
+/// Runs one publish/subscribe measurement.
+///
+/// # Errors
+/// A connection could not be opened or confirmed before the deadline.
+pub fn run(o: &Options) -> Result<PubSub, BenchError> {
+    let clock = Clock::start();
+    let deadline = Deadline::after(o.timeout);
+    let mut server = Server {
+        base: o.server_pid.and_then(sys::memory),
+        ..Server::default()
+    };
+
+    let token = match o.transport {
+        Transport::Ws => Some(register_token(o, deadline)?),
+        Transport::Tcp => None,
+    };
+    let noise = open_noise(o, &clock, deadline)?;
+    let subs = open_subscribers(
+        o,
+        token.as_ref().map(|t| t.token.as_str()),
+        &clock,
+        deadline,
+    )?;
+    server.setup = o.server_pid.and_then(sys::memory);
+    server.conns = subs.len() + noise.len();
+    server.noise_subs = o.noise_subs;
+
+    let mut publishers = Vec::with_capacity(o.pubs);
+    let mut drains = Vec::with_capacity(o.pubs);
+    for i in 0..o.pubs {
+        let stream =
+            open_publisher(o, deadline).map_err(|e| setup_error(format!("publisher {i}: {e}")))?;
+        let clone = stream
+            .try_clone()
+            .map_err(|e| setup_error(format!("publisher {i}: {e}")))?;
+        drains.push(Conn::drain(clone));
+        publishers.push(stream);
+    }
+
+    let plan = Plan {
+        clock,
+        publishers: o.pubs,
+        expected_per_sub: o.pubs as u64 * o.msgs,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers = spawn_readers(o, subs, drains, plan, &stop)?;
+
+    let state = Arc::new(PublishState::default());
+    let start = Arc::new(Barrier::new(o.pubs + 1));
+    let mut shutdown = Vec::with_capacity(o.pubs);
+    let mut handles = Vec::with_capacity(o.pubs);
+    let prefix = format!("publish {} ", o.topic).into_bytes();
+    for (i, stream) in publishers.into_iter().enumerate() {
+        shutdown.push(
+            stream
+                .try_clone()
+                .map_err(|e| setup_error(format!("publisher {i}: {e}")))?,
+        );
+        let job = Publisher {
+            index: i as u64,
+            msgs: o.msgs,
+            rate: o.rate,
+            size: o.size,
+            prefix: prefix.clone(),
+            clock,
+        };
+        let (start, stop, state) = (Arc::clone(&start), Arc::clone(&stop), Arc::clone(&state));
+        let handle = thread::Builder::new()
+            .name(format!("mist-bench-pub-{i}"))
+            .spawn(move || job.run(stream, &start, &stop, &state))
+            .map_err(|e| setup_error(format!("cannot start a publisher thread: {e}")))?;
+        handles.push(handle);
+    }
+
+    let setup_secs = clock.secs();
+    progress(
+        &clock,
+        format_args!(
+            "set up; {} publisher(s) × {} messages to {} subscriber(s)",
+            o.pubs, o.msgs, o.subs
+        ),
+    );
+    let cpu_before = o.server_pid.and_then(sys::cpu_seconds);
+    let own_before = sys::own_cpu_seconds();
+    let started = clock.secs();
+    start.wait();
+
+    let end = watch(o, &clock, deadline, &readers, &state);
+
+    let cpu_after = o.server_pid.and_then(sys::cpu_seconds);
+    server.end = o.server_pid.and_then(sys::memory);
+    let client_cpu_secs = sys::own_cpu_seconds() - own_before;
+    server.cpu_secs = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
+    let run_secs = clock.secs() - started;
+
+    stop.store(true, Ordering::Relaxed);
+    for s in &shutdown {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    let mut published = 0;
+    let mut first = u64::MAX;
+    let mut last = 0;
+    let mut publisher_failures = 0;
+    for h in handles {
+        let r = h
+            .join()
+            .map_err(|_| setup_error("a publisher thread panicked"))?;
+        published += r.sent;
+        first = first.min(r.first);
+        last = last.max(r.end);
+        if let Some(e) = r.error {
+            publisher_failures += 1;
+            eprintln!("mist bench: a publisher failed: {e}");
+        }
+    }
+    let mut stats = Stats::default();
+    for r in readers {
+        let s = r.join().map_err(|e| setup_error(format!("reading: {e}")))?;
+        stats.merge(&s);
+    }
+    drop(noise);
+    drop(token);
+
+    let first = if first == u64::MAX { 0 } else { first };
+    let secs = |t: u64| t.saturating_sub(first) as f64 / 1e9;
+    // What the server was given to deliver: a run that ends early has published less.
+    let expected = o.subs as u64 * published;
+    progress(
+        &clock,
+        format_args!("{end}: delivered {} of {expected}", stats.delivered),
+    );
+    Ok(PubSub {
+        params: Params {
+            scenario: o.scenario.name(),
+            transport: o.transport.name(),
+            subs: o.subs,
+            pubs: o.pubs,
+            msgs: o.msgs,
+            size: o.size,
+            rate: o.rate,
+            topic: o.topic.clone(),
+            sub_tags: o.sub_tags.clone(),
+            noise_subs: o.noise_subs,
+            noise_conns: if o.noise_subs > 0 { o.noise_conns } else { 0 },
+            sub_threads: o.sub_threads.min(o.subs),
+        },
+        published,
+        publish_secs: secs(last),
+        expected,
+        delivered: stats.delivered,
+        delivery_secs: if stats.delivered > 0 {
+            secs(stats.last_rx)
+        } else {
+            0.0
+        },
+        seq_gaps: stats.seq_gaps,
+        out_of_order: stats.out_of_order,
+        errors: stats.errors,
+        dropped_notified: stats.dropped_notified,
+        bad_payloads: stats.bad_payloads,
+        subs_closed: stats.subs_closed,
+        publisher_failures,
+        latency: Latency::of(&stats.latency),
+        setup_secs,
+        client_cpu_secs,
+        server,
+        end,
+        run_secs,
+    })
+}
+
+fn register_token(o: &Options, deadline: Deadline) -> Result<Token, BenchError> {
+    let token = net::unique_token();
+    let mut control = Control::open(&o.tcp_addr, o.admin_token.as_deref(), deadline)
+        .map_err(|e| setup_error(format!("{}: {e}", o.tcp_addr)))?;
+    control
+        .register(&o.sub_tags, &token, deadline)
+        .map_err(|e| setup_error(format!("registering the WebSocket token: {e}")))?;
+    Ok(Token { control, token })
+}
+
+/// Runs `job(i)` for every `i` in `0..n` on up to `threads` threads; the results in order, or
+/// the first failure (after which the other threads stop early).
+fn parallel<T: Send>(
+    n: usize,
+    threads: usize,
+    job: impl Fn(usize) -> Result<T, String> + Sync,
+) -> Result<Vec<T>, String> {
+    let threads = threads.clamp(1, n.max(1));
+    let failed = AtomicBool::new(false);
+    let parts: Vec<Result<Vec<(usize, T)>, String>> = thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|w| {
+                let (job, failed) = (&job, &failed);
+                s.spawn(move || {
+                    let mut done = Vec::new();
+                    for i in (w..n).step_by(threads) {
+                        if failed.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        match job(i) {
+                            Ok(t) => done.push((i, t)),
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a set-up thread panicked".into()))
+            })
+            .collect()
+    });
+    let mut all = Vec::with_capacity(n);
+    for part in parts {
+        all.extend(part?);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, t)| t).collect())
+}
+
+/// The index scenario's idle subscriptions: `--noise-subs` tag sets of 1 to 3 tags that
+/// never match a published message, spread over `--noise-conns` connections.
+fn open_noise(
+    o: &Options,
+    clock: &Clock,
+    deadline: Deadline,
+) -> Result<Vec<TcpStream>, BenchError> {
+    if o.noise_subs == 0 {
+        return Ok(Vec::new());
+    }
+    let conns = o.noise_conns.min(o.noise_subs);
+    let topic =
+        TagSet::parse(o.topic.as_bytes(), usize::MAX).map_err(|e| setup_error(e.to_string()))?;
+    let seed = clock.now() ^ (u64::from(std::process::id()) << 32);
+    let streams = parallel(conns, conns, |c| {
+        let count = o.noise_subs / conns + usize::from(c < o.noise_subs % conns);
+        let mut rng = Rng::new(seed.wrapping_add(c as u64));
+        open_noise_conn(o, &topic, count, &mut rng, deadline)
+            .map_err(|e| format!("noise connection {c}: {e}"))
+    })
+    .map_err(setup_error)?;
+    progress(
+        clock,
+        format_args!(
+            "{} noise subscriptions confirmed on {conns} connections",
+            o.noise_subs
+        ),
+    );
+    Ok(streams)
+}
+
+fn open_noise_conn(
+    o: &Options,
+    topic: &TagSet,
+    count: usize,
+    rng: &mut Rng,
+    deadline: Deadline,
+) -> Result<TcpStream, String> {
+    let stream = net::connect(&o.tcp_addr, deadline).map_err(|e| e.to_string())?;
+    let mut w = BufWriter::with_capacity(64 * 1024, &stream);
+    let mut line = Vec::with_capacity(64);
+    for _ in 0..count {
+        noise_subscription(rng, NOISE_VOCABULARY, topic, &mut line);
+        w.write_all(&line).map_err(|e| e.to_string())?;
+    }
+    w.write_all(b"ping\n").map_err(|e| e.to_string())?;
+    w.flush().map_err(|e| e.to_string())?;
+    drop(w);
+    let errors = net::await_pong(&stream, &mut Vec::new(), deadline).map_err(|e| e.to_string())?;
+    if let Some(e) = errors.first() {
+        return Err(format!(
+            "{} of {count} subscriptions refused; server said: error {e}",
+            errors.len()
+        ));
+    }
+    Ok(stream)
+}
+
+/// `subscribe nA,nB\n` with 1 to 3 random tags, at least one of them not published.
+fn noise_subscription(rng: &mut Rng, vocabulary: u64, topic: &TagSet, line: &mut Vec<u8>) {
+    loop {
+        line.clear();
+        line.extend_from_slice(b"subscribe ");
+        let k = 1 + rng.below(3);
+        let mut matches_topic = true;
+        for j in 0..k {
+            let tag = format!("n{}", rng.below(vocabulary));
+            matches_topic &= topic.contains(&tag);
+            if j > 0 {
+                line.push(b',');
+            }
+            line.extend_from_slice(tag.as_bytes());
+        }
+        line.push(b'\n');
+        if !matches_topic {
+            return;
+        }
+    }
+}
+
+/// Opens and confirms every subscriber.
+fn open_subscribers(
+    o: &Options,
+    token: Option<&str>,
+    clock: &Clock,
+    deadline: Deadline,
+) -> Result<Vec<Conn>, BenchError> {
+    let tags = o.sub_tag_list();
+    let subs = parallel(o.subs, SETUP_THREADS, |i| {
+        open_subscriber(o, token, &tags, deadline).map_err(|e| format!("subscriber {i}: {e}"))
+    })
+    .map_err(setup_error)?;
+    progress(
+        clock,
+        format_args!("{} {} subscribers confirmed", o.subs, o.transport.name()),
+    );
+    Ok(subs)
+}
+
+fn open_subscriber(
+    o: &Options,
+    token: Option<&str>,
+    tags: &[String],
+    deadline: Deadline,
+) -> Result<Conn, String> {
+    match (o.transport, token) {
+        (Transport::Ws, Some(token)) => {
+            let (stream, mut pending) = net::ws_connect(&o.http_addr, token, deadline)?;
+            net::ws_subscribe(&stream, &mut pending, tags, deadline)?;
+            Ok(Conn::subscriber(stream, Role::Ws, pending))
+        }
+        _ => {
+            let mut stream = net::connect(&o.tcp_addr, deadline).map_err(|e| e.to_string())?;
+            stream
+                .write_all(format!("subscribe {}\nping\n", o.sub_tags).as_bytes())
+                .map_err(|e| e.to_string())?;
+            let mut pending = Vec::new();
+            let errors =
+                net::await_pong(&stream, &mut pending, deadline).map_err(|e| e.to_string())?;
+            if let Some(e) = errors.first() {
+                return Err(format!("server said: error {e}"));
+            }
+            Ok(Conn::subscriber(stream, Role::Tcp, pending))
+        }
+    }
+}
+
+fn open_publisher(o: &Options, deadline: Deadline) -> io::Result<TcpStream> {
+    let mut stream = net::connect(&o.tcp_addr, deadline)?;
+    stream.write_all(b"ping\n")?;
+    let errors = net::await_pong(&stream, &mut Vec::new(), deadline)?;
+    if let Some(e) = errors.first() {
+        return Err(io::Error::other(format!("server said: error {e}")));
+    }
+    Ok(stream)
+}
+
+/// Spreads the subscribers over `--sub-threads` readers; the first also drains the
+/// publishers' sockets.
+fn spawn_readers(
+    o: &Options,
+    subs: Vec<Conn>,
+    drains: Vec<Conn>,
+    plan: Plan,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<Reader>, BenchError> {
+    let n = o.sub_threads.clamp(1, subs.len().max(1));
+    let mut groups: Vec<Vec<Conn>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, c) in subs.into_iter().enumerate() {
+        groups[i % n].push(c);
+    }
+    groups[0].extend(drains);
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, conns)| {
+            Reader::spawn(
+                format!("mist-bench-read-{i}"),
+                conns,
+                plan,
+                Arc::clone(stop),
+            )
+            .map_err(|e| setup_error(format!("cannot start a reader: {e}")))
+        })
+        .collect()
+}
+
+/// What the publishers tell the monitoring loop. Atomics: written by the publisher threads,
+/// polled by the main thread.
+#[derive(Default)]
+struct PublishState {
+    finished: AtomicUsize,
+    /// Clock time at which the latest publisher finished.
+    last_end: AtomicU64,
+}
+
+/// One publisher's job.
+struct Publisher {
+    index: u64,
+    msgs: u64,
+    rate: f64,
+    size: usize,
+    prefix: Vec<u8>,
+    clock: Clock,
+}
+
+/// What a publisher did.
+struct Published {
+    sent: u64,
+    /// Clock time of the first publish (`u64::MAX` when none).
+    first: u64,
+    /// Clock time of the last flush.
+    end: u64,
+    error: Option<String>,
+}
+
+impl Publisher {
+    fn run(
+        self,
+        stream: TcpStream,
+        start: &Barrier,
+        stop: &AtomicBool,
+        state: &PublishState,
+    ) -> Published {
+        let mut out = Published {
+            sent: 0,
+            first: u64::MAX,
+            end: 0,
+            error: None,
+        };
+        start.wait();
+        let result = self.publish(&stream, stop, &mut out);
+        out.end = self.clock.now();
+        if let Err(e) = result {
+            // After the stop, a failing write is just the socket being shut down.
+            if !stop.load(Ordering::Relaxed) {
+                out.error = Some(e.to_string());
+            }
+        }
+        state.last_end.fetch_max(out.end, Ordering::Relaxed);
+        state.finished.fetch_add(1, Ordering::Relaxed);
+        out
+    }
+
+    /// Publishes until done or stopped. `out.sent` counts only what reached the socket:
+    /// lines still in the buffer when a write fails are not published.
+    fn publish(
+        &self,
+        stream: &TcpStream,
+        stop: &AtomicBool,
+        out: &mut Published,
+    ) -> io::Result<()> {
+        let mut w = BufWriter::with_capacity(PUBLISH_BUFFER, stream);
+        let mut line = self.prefix.clone();
+        let at = line.len();
+        line.resize(at + self.size, 0);
+        line.push(b'\n');
+        let result = self.write_all(&mut w, &mut line, at, stop, out);
+        // Every line has the same length; a partly written one was not published.
+        let (_, unsent) = w.into_parts();
+        let unsent = unsent.map_or_else(|p| p.into_inner().len(), |b| b.len());
+        out.sent -= unsent.div_ceil(line.len()) as u64;
+        result
+    }
+
+    fn write_all(
+        &self,
+        w: &mut BufWriter<&TcpStream>,
+        line: &mut [u8],
+        at: usize,
+        stop: &AtomicBool,
+        out: &mut Published,
+    ) -> io::Result<()> {
+        let interval = if self.rate > 0.0 {
+            1e9 / self.rate
+        } else {
+            0.0
+        };
+        let t0 = self.clock.now();
+        for seq in 0..self.msgs {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if interval > 0.0 {
+                let due = t0 + (seq as f64 * interval) as u64;
+                let now = self.clock.now();
+                if now < due {
+                    // Caught up with the schedule: send what is buffered, then wait.
+                    w.flush()?;
+                    thread::sleep(Duration::from_nanos(due - now));
+                }
+            }
+            let sent = self.clock.now();
+            out.first = out.first.min(sent);
+            payload::encode(
+                &mut line[at..at + self.size],
+                Stamp {
+                    publisher: self.index,
+                    seq,
+                    sent,
+                },
+            );
+            w.write_all(line)?;
+            out.sent += 1;
+        }
+        w.flush()
+    }
+}
+
+/// Waits for the end of the run; returns how it ended.
+fn watch(
+    o: &Options,
+    clock: &Clock,
+    deadline: Deadline,
+    readers: &[Reader],
+    state: &PublishState,
+) -> &'static str {
+    let idle = (o.idle * 1e9) as u64;
+    let mut next_report = clock.secs() + 1.0;
+    loop {
+        thread::sleep(POLL);
+        let (mut delivered, mut last_rx, mut done, mut closed) = (0, 0, 0, 0);
+        for r in readers {
+            let p = &r.progress;
+            delivered += p.delivered.load(Ordering::Relaxed);
+            last_rx = last_rx.max(p.last_rx.load(Ordering::Relaxed));
+            done += p.done.load(Ordering::Relaxed);
+            closed += p.closed.load(Ordering::Relaxed);
+        }
+        if done >= o.subs {
+            return "complete";
+        }
+        if done + closed >= o.subs {
+            return "closed";
+        }
+        if state.finished.load(Ordering::Relaxed) == o.pubs {
+            let quiet_since = last_rx.max(state.last_end.load(Ordering::Relaxed));
+            if clock.now().saturating_sub(quiet_since) >= idle {
+                return "idle";
+            }
+        }
+        if deadline.passed() {
+            return "timeout";
+        }
+        if clock.secs() >= next_report {
+            next_report += 1.0;
+            progress(
+                clock,
+                format_args!(
+                    "delivered {delivered} of {}",
+                    o.subs as u64 * o.pubs as u64 * o.msgs
+                ),
+            );
+        }
+    }
+}
+
+/// xorshift64*: enough to pick noise tags.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_never_matches_the_topic() {
+        let topic = TagSet::parse(b"n1,n2,n3", 32).unwrap();
+        let mut rng = Rng::new(7);
+        let mut line = Vec::new();
+        for _ in 0..1000 {
+            // From n0..n4, most draws match: the generator must retry those.
+            noise_subscription(&mut rng, 5, &topic, &mut line);
+            let list = std::str::from_utf8(&line).unwrap();
+            let list = list.strip_prefix("subscribe ").unwrap().trim_end();
+            let set = TagSet::parse(list.as_bytes(), 32).unwrap();
+            assert!(!set.is_subset_of(&topic), "{list}");
+            assert!((1..=3).contains(&list.split(',').count()));
+        }
+    }
+
+    #[test]
+    fn parallel_keeps_order_and_reports_failures() {
+        let squares = parallel(100, 7, |i| Ok(i * i)).unwrap();
+        assert_eq!(squares, (0..100).map(|i| i * i).collect::<Vec<_>>());
+        let failed = parallel(100, 7, |i| {
+            if i == 42 {
+                Err("no".to_string())
+            } else {
+                Ok(i)
+            }
+        });
+        assert_eq!(failed, Err("no".to_string()));
+        assert_eq!(parallel(0, 4, Ok), Ok(Vec::<usize>::new()));
+    }
+}
