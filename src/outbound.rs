@@ -51,6 +51,8 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Reply bytes waiting beyond which the client's own commands wait for it to read.
     pub reply_backlog: usize,
+    /// The size of the largest possible delivery (see [`Message::size`]).
+    pub max_msg_bytes: usize,
 }
 
 /// One queued thing to write.
@@ -344,6 +346,17 @@ impl Outbound {
         self.fail(&mut st);
     }
 
+    /// Waits until the connection is closed. After [`close_after_flush`](Self::close_after_flush)
+    /// that is when everything queued has been written (whichever thread writes it) and the
+    /// socket is shut down for writing, or the peer has been given up; so at most the write
+    /// timeout.
+    pub fn wait_closed(&self) {
+        let mut st = self.state.lock();
+        while !st.closed {
+            self.drained.wait(&mut st);
+        }
+    }
+
     /// True once the connection is closed.
     pub fn is_closed(&self) -> bool {
         self.state.lock().closed
@@ -538,8 +551,13 @@ impl Outbound {
         }
     }
 
+    /// Queues the slow-consumer notice once the queue can take any delivery again. Room for
+    /// some bytes is not enough: the next delivery could still be dropped, and one run of
+    /// losses would get two notices with nothing between them.
     fn push_notice_if_room(&self, st: &mut State) {
-        if st.dropped > 0 && st.msgs < self.limits.max_msgs && st.bytes < self.limits.max_bytes {
+        let room = st.msgs < self.limits.max_msgs
+            && (st.bytes == 0 || st.bytes + self.limits.max_msg_bytes <= self.limits.max_bytes);
+        if st.dropped > 0 && room {
             self.push_notice(st);
         }
     }

@@ -3,8 +3,10 @@
 use crate::auth::{TokenStore, Tokens};
 use crate::broker::{Broker, ClientId};
 use crate::config::Config;
+use crate::fanout::Fanout;
 use crate::metrics::{self, Metrics};
 use crate::outbound::{Limits, Outbound};
+use crate::tags::TagSet;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
@@ -35,6 +37,45 @@ pub struct Context {
 }
 
 impl Context {
+    /// The shared state of a server, without its listeners: for a program that accepts
+    /// connections itself and hands them to [`crate::ws::serve`] (see `examples/embed.rs`).
+    /// [`Server::start`] builds its context with this.
+    pub fn new(config: Config, store: Box<dyn TokenStore>) -> Arc<Context> {
+        let metrics = Arc::new(Metrics::default());
+        let broker = Broker::new(Arc::clone(&metrics), config.max_subscriptions);
+        let tokens = Tokens::new(store, broker.clone(), Arc::clone(&metrics));
+        Arc::new(Context {
+            conns: Connections::new(config.max_connections),
+            config,
+            broker,
+            tokens,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Publishes a message from the program itself, as a `publish` line from a client would:
+    /// every matching subscriber, TCP or WebSocket, gets it once. Never blocks on a slow
+    /// subscriber.
+    ///
+    /// # Errors
+    /// The data contains a newline (TCP subscribers get messages as lines), or the delivery
+    /// line would be longer than `max_line_bytes`.
+    pub fn publish(&self, tags: &TagSet, data: &[u8]) -> Result<(), PublishError> {
+        if data.contains(&b'\n') {
+            return Err(PublishError::Newline);
+        }
+        // The line a client would have sent: `publish TAGS DATA`.
+        let len = "publish ".len() + tags.as_str().len() + 1 + data.len();
+        if len > self.config.max_line_bytes {
+            return Err(PublishError::TooLong(self.config.max_line_bytes));
+        }
+        let mut fanout = Fanout::new(self.broker.clone());
+        fanout.add(tags.as_str().as_bytes(), true, data);
+        fanout.flush();
+        Ok(())
+    }
+
     /// The bounds of a client's outbound queue.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -43,6 +84,8 @@ impl Context {
             write_timeout: WRITE_TIMEOUT,
             // Enough for the longest reply to a line command, twice.
             reply_backlog: 2 * self.config.max_line_bytes.max(64 * 1024),
+            // A delivery is the `publish` line as received (at most `max_line_bytes`) and `\n`.
+            max_msg_bytes: self.config.max_line_bytes + 1,
         }
     }
 
@@ -50,6 +93,15 @@ impl Context {
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
+}
+
+/// Why [`Context::publish`] refused a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("data contains a newline")]
+    Newline,
+    #[error("message longer than max_line_bytes ({0})")]
+    TooLong(usize),
 }
 
 /// Open connections: their count against `max_connections`, and their queues, so shutdown can
@@ -135,21 +187,11 @@ impl Server {
     /// A listener cannot be bound.
     pub fn start(config: Config, store: Box<dyn TokenStore>) -> Result<Server, StartError> {
         raise_fd_limit();
-        let metrics = Arc::new(Metrics::default());
-        let broker = Broker::new(Arc::clone(&metrics), config.max_subscriptions);
-        let tokens = Tokens::new(store, broker.clone(), Arc::clone(&metrics));
         let tcp = bind(&config.tcp_listen_address)?;
         let http = bind(&config.http_listen_address)?;
         let tcp_addr = tcp.local_addr().expect("bound sockets have an address");
         let http_addr = http.local_addr().expect("bound sockets have an address");
-        let ctx = Arc::new(Context {
-            conns: Connections::new(config.max_connections),
-            config,
-            broker,
-            tokens,
-            metrics,
-            shutting_down: AtomicBool::new(false),
-        });
+        let ctx = Context::new(config, store);
         log::info!("listening for TCP clients on {tcp_addr}");
         log::info!("listening for HTTP and WebSocket clients on {http_addr}");
         let acceptors = vec![

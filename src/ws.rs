@@ -98,6 +98,9 @@ pub(crate) fn run(
     };
     session.read_loop(ws, &sock);
     drop(session);
+    // Another thread may still be writing the queue, our close frame last: shutting the socket
+    // down before that would end the connection without a closing handshake.
+    out.wait_closed();
     // Our close frame is out: read what the client still sends, so closing the socket does
     // not reset the connection before the client has read it.
     crate::http::linger(&sock);
