@@ -14,7 +14,6 @@
 //! of a publish follows the message's tags and the entries filed under them, not the number of
 //! subscriptions: 100,000 subscriptions on other tags are never looked at.
 
-use crate::message::Message;
 use crate::metrics::{self, Metrics};
 use crate::outbound::Outbound;
 use crate::tags::TagSet;
@@ -214,8 +213,8 @@ impl Broker {
             let remaining: Vec<TagSet> = ix.clients.get(&id).map_or_else(Vec::new, |eids| {
                 eids.iter().map(|&e| ix.entry(e).set.clone()).collect()
             });
-            let still_matches = |m: &Message| {
-                TagSet::parse(m.tags(), usize::MAX)
+            let still_matches = |tags: &str| {
+                TagSet::parse(tags.as_bytes(), usize::MAX)
                     .is_ok_and(|tags| remaining.iter().any(|s| s.is_subset_of(&tags)))
             };
             for (i, set) in removed.iter().enumerate() {

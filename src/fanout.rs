@@ -1,14 +1,14 @@
 //! A publishing connection's batch: the messages parsed from one read, delivered together.
 //!
 //! A connection reading `publish` lines quickly gets many per `read()`. They are collected here
-//! and delivered in one step per batch: one index lookup per run of messages with the same
-//! tags (and none at all while the index has not changed since the last lookup for those tags),
-//! one queue operation per subscriber per run, and one socket write per subscriber per batch.
-//! A connection publishing one message at a time gets batches of one, so batching adds no
-//! latency.
+//! into one [`Batch`](crate::message::Batch) and delivered in one step: one index lookup per
+//! run of messages with the same tags (and none at all while the index has not changed since
+//! the last lookup for those tags), one queue item per subscriber per run, and one socket write
+//! per subscriber per batch. A connection publishing one message at a time gets batches of one,
+//! so batching adds no latency.
 
 use crate::broker::{Broker, Subscriber};
-use crate::message::Message;
+use crate::message::BatchBuilder;
 use crate::metrics;
 use crate::outbound::Outbound;
 use crate::tags::TagSet;
@@ -30,7 +30,7 @@ struct Cached {
 /// Messages waiting to be delivered, in publish order.
 pub struct Fanout {
     broker: Broker,
-    msgs: Vec<Arc<Message>>,
+    batch: BatchBuilder,
     runs: Vec<Run>,
     cache: Option<Cached>,
     touched: Vec<Arc<Outbound>>,
@@ -41,7 +41,7 @@ impl Fanout {
     pub fn new(broker: Broker) -> Fanout {
         Fanout {
             broker,
-            msgs: Vec::new(),
+            batch: BatchBuilder::default(),
             runs: Vec::new(),
             cache: None,
             touched: Vec::new(),
@@ -51,42 +51,42 @@ impl Fanout {
     /// Adds a message. `tags` are validated; `normalised` tells whether they are already
     /// sorted and de-duplicated.
     pub fn add(&mut self, tags: &[u8], normalised: bool, data: &[u8]) {
-        let msg = if normalised {
-            Message::new(tags, data)
+        if normalised {
+            self.batch.push(tags, data);
         } else {
             let set = TagSet::parse(tags, usize::MAX).expect("tags were validated by the parser");
-            Message::new(set.as_str().as_bytes(), data)
-        };
-        let i = self.msgs.len();
+            self.batch.push(set.as_str().as_bytes(), data);
+        }
+        let i = self.batch.len() - 1;
         match self.runs.last_mut() {
-            Some(run) if self.msgs[run.start].tags() == msg.tags() => run.end = i + 1,
+            Some(run) if self.batch.tags(run.start) == self.batch.tags(i) => run.end = i + 1,
             _ => self.runs.push(Run {
                 start: i,
                 end: i + 1,
             }),
         }
-        self.msgs.push(msg);
     }
 
     /// True when nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.msgs.is_empty()
+        self.batch.is_empty()
     }
 
-    /// Delivers the batch: queues each message for its subscribers under the index read lock,
+    /// Delivers the batch: queues each run for its subscribers under the index read lock,
     /// then, with the lock released, writes to the subscribers' sockets.
     pub fn flush(&mut self) {
-        if self.msgs.is_empty() {
+        if self.batch.is_empty() {
             return;
         }
+        let batch = self.batch.build();
         metrics::add(
             &self.broker.metrics().messages_published,
-            self.msgs.len() as u64,
+            batch.len() as u64,
         );
         {
             let index = self.broker.read();
             for run in &self.runs {
-                let tags = self.msgs[run.start].tags();
+                let tags = batch.tags(run.start);
                 let fresh = matches!(&self.cache,
                     Some(c) if c.generation == index.generation() && c.tags == tags);
                 if !fresh {
@@ -98,7 +98,7 @@ impl Fanout {
                 }
                 let cached = self.cache.as_ref().expect("just filled");
                 for sub in &cached.subs {
-                    if sub.out.enqueue(&self.msgs[run.start..run.end]) > 0 {
+                    if sub.out.enqueue(&batch, run.start..run.end) > 0 {
                         self.touched.push(Arc::clone(&sub.out));
                     }
                 }
@@ -112,7 +112,6 @@ impl Fanout {
         for out in self.touched.drain(..) {
             out.flush();
         }
-        self.msgs.clear();
         self.runs.clear();
     }
 }

@@ -21,6 +21,12 @@ const INITIAL: usize = 512;
 /// Size the buffer may grow to for throughput, whatever the line limit.
 const BULK: usize = 64 * 1024;
 
+/// The most a line buffer holds for lines of at most `max_line` bytes: one longest line with
+/// its `\r\n`, or the bulk read size, whichever is larger.
+pub fn max_buffer(max_line: usize) -> usize {
+    (max_line + 2).max(BULK)
+}
+
 /// A line splitter over a bounded buffer.
 pub struct LineReader {
     buf: Vec<u8>,
@@ -49,9 +55,9 @@ impl LineReader {
         }
     }
 
-    /// The most the buffer can hold: one longest line with its `\r\n`, or the bulk size.
+    /// The most the buffer can hold.
     fn cap(&self) -> usize {
-        (self.max_line + 2).max(BULK)
+        max_buffer(self.max_line)
     }
 
     /// Reads once from `r`. Returns the number of bytes read; 0 means end of stream.

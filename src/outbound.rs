@@ -21,7 +21,7 @@
 //!   dropped only when the queue is at `max_msgs` messages or `max_bytes` bytes.
 
 use crate::line;
-use crate::message::Message;
+use crate::message::{Batch, WsFrame};
 use crate::metrics::{self, Metrics};
 use crate::wsframe;
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -29,6 +29,7 @@ use socket2::SockRef;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::ops::Range;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -51,24 +52,62 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Reply bytes waiting beyond which the client's own commands wait for it to read.
     pub reply_backlog: usize,
-    /// The size of the largest possible delivery (see [`Message::size`]).
-    pub max_msg_bytes: usize,
+    /// The most bytes one queued delivery item can be charged: a batch's buffer holds at most
+    /// one read of the connection (see `framing.rs`).
+    pub max_item_bytes: usize,
 }
 
-/// One queued thing to write.
+/// One queued thing to write. Deliveries are counted against the limits (`msgs` messages,
+/// `charge` bytes: the memory the item keeps alive) and may be dropped when the queue is full;
+/// `Bytes` are replies, notices and control frames, never dropped.
 enum Item {
-    /// A delivery: counted against the limits; may be dropped when the queue is full.
-    Msg(Arc<Message>),
-    /// A reply, notice or control frame: never dropped.
+    /// TCP deliveries: consecutive lines of a batch, shared with the run's other subscribers.
+    Run {
+        batch: Arc<Batch>,
+        span: Range<usize>,
+        msgs: usize,
+        charge: usize,
+    },
+    /// TCP deliveries copied out of a batch, because they are too small a part of it to keep
+    /// the whole batch alive for.
+    Lines {
+        bytes: Box<[u8]>,
+        msgs: usize,
+    },
+    /// WebSocket deliveries: one shared frame per message.
+    Frames {
+        frames: Vec<Arc<WsFrame>>,
+        charge: usize,
+    },
     Bytes(Box<[u8]>),
 }
 
 impl Item {
-    fn bytes(&self, transport: Transport) -> &[u8] {
-        match (self, transport) {
-            (Item::Msg(m), Transport::Tcp) => m.line(),
-            (Item::Msg(m), Transport::WebSocket) => m.ws_frame(),
-            (Item::Bytes(b), _) => b,
+    /// Bytes on the wire.
+    fn len(&self) -> usize {
+        match self {
+            Item::Run { span, .. } => span.len(),
+            Item::Lines { bytes, .. } | Item::Bytes(bytes) => bytes.len(),
+            Item::Frames { charge, .. } => *charge,
+        }
+    }
+
+    /// Appends the item's slices to `iov`, skipping the first `skip` bytes. Returns false when
+    /// `iov` is full.
+    fn push_slices<'a>(&'a self, iov: &mut Vec<IoSlice<'a>>, skip: &mut usize) -> bool {
+        let mut push = |s: &'a [u8]| {
+            if *skip >= s.len() {
+                *skip -= s.len();
+                return true;
+            }
+            iov.push(IoSlice::new(&s[*skip..]));
+            *skip = 0;
+            iov.len() < IOV_MAX
+        };
+        match self {
+            Item::Run { batch, span, .. } => push(batch.bytes(span.clone())),
+            Item::Lines { bytes, .. } | Item::Bytes(bytes) => push(bytes),
+            Item::Frames { frames, .. } => frames.iter().all(|f| push(f.bytes())),
         }
     }
 }
@@ -170,36 +209,112 @@ impl Outbound {
         self.peer
     }
 
-    /// Queues deliveries, dropping those that do not fit. Never blocks on the socket and never
-    /// writes: the caller calls [`flush`](Self::flush) once it has queued everything (and after
-    /// releasing any broker lock). Returns how many were queued.
-    pub fn enqueue<'a>(&self, msgs: impl IntoIterator<Item = &'a Arc<Message>>) -> u64 {
+    /// Queues messages `run` of a batch, dropping the newest of them when the queue is full.
+    /// Never blocks on the socket and never writes: the caller calls [`flush`](Self::flush) once
+    /// it has queued everything (and after releasing any broker lock). Returns how many were
+    /// queued.
+    pub fn enqueue(&self, batch: &Arc<Batch>, run: Range<usize>) -> u64 {
+        let frames: Vec<Arc<WsFrame>> = match self.transport {
+            // Encoded before taking the lock: the writer may want it meanwhile.
+            Transport::WebSocket => run.clone().map(|i| batch.ws_frame(i)).collect(),
+            Transport::Tcp => Vec::new(),
+        };
         let mut st = self.state.lock();
         if st.closed || st.closing {
             return 0;
         }
-        let (mut queued, mut dropped) = (0u64, 0u64);
-        for m in msgs {
-            let size = m.size();
-            if st.msgs >= self.limits.max_msgs || st.bytes + size > self.limits.max_bytes {
-                dropped += 1;
-                continue;
-            }
+        let wanted = run.len();
+        let fits = wanted.min(self.limits.max_msgs.saturating_sub(st.msgs));
+        let item = match self.transport {
+            Transport::Tcp => self.tcp_item(&st, batch, run.start, fits),
+            Transport::WebSocket => self.ws_item(&st, frames, fits),
+        };
+        let queued = item.as_ref().map_or(0, |(_, n)| *n);
+        if let Some((item, msgs)) = item {
             if st.dropped > 0 {
                 self.push_notice(&mut st);
             }
-            st.msgs += 1;
-            st.bytes += size;
-            st.queue.push_back(Item::Msg(Arc::clone(m)));
-            queued += 1;
+            st.msgs += msgs;
+            st.bytes += match &item {
+                Item::Run { charge, .. } | Item::Frames { charge, .. } => *charge,
+                Item::Lines { bytes, .. } => bytes.len(),
+                Item::Bytes(_) => unreachable!("deliveries only"),
+            };
+            st.queue.push_back(item);
         }
+        let dropped = (wanted - queued) as u64;
         st.dropped += dropped;
         drop(st);
-        metrics::add(&self.metrics.deliveries, queued);
+        metrics::add(&self.metrics.deliveries, queued as u64);
         if dropped > 0 {
             metrics::add(&self.metrics.drops, dropped);
         }
-        queued
+        queued as u64
+    }
+
+    /// The item for the first `fits` messages from `first`, or fewer when the byte budget is
+    /// short, with how many it holds. A run that is a good part of its batch shares the
+    /// batch's buffer and is charged all of it (that is what it keeps alive); a smaller one is
+    /// copied and charged its own size.
+    fn tcp_item(
+        &self,
+        st: &State,
+        batch: &Arc<Batch>,
+        first: usize,
+        fits: usize,
+    ) -> Option<(Item, usize)> {
+        if fits == 0 {
+            return None;
+        }
+        let room = self.limits.max_bytes.saturating_sub(st.bytes);
+        let span = batch.span(first..first + fits);
+        if span.len() * 4 >= batch.size() && batch.size() <= room {
+            let charge = batch.size();
+            return Some((
+                Item::Run {
+                    batch: Arc::clone(batch),
+                    span,
+                    msgs: fits,
+                    charge,
+                },
+                fits,
+            ));
+        }
+        // As many as fit in the bytes left, copied.
+        let mut n = fits;
+        while n > 0 && batch.span(first..first + n).len() > room {
+            n -= 1;
+        }
+        if n == 0 {
+            return None;
+        }
+        let bytes = batch.bytes(batch.span(first..first + n)).into();
+        Some((Item::Lines { bytes, msgs: n }, n))
+    }
+
+    /// The item for the first `fits` frames, or fewer when the byte budget is short.
+    fn ws_item(
+        &self,
+        st: &State,
+        mut frames: Vec<Arc<WsFrame>>,
+        fits: usize,
+    ) -> Option<(Item, usize)> {
+        let room = self.limits.max_bytes.saturating_sub(st.bytes);
+        frames.truncate(fits);
+        let mut charge = 0;
+        let n = frames
+            .iter()
+            .take_while(|f| {
+                charge += f.bytes().len();
+                charge <= room
+            })
+            .count();
+        frames.truncate(n);
+        if n == 0 {
+            return None;
+        }
+        let charge = frames.iter().map(|f| f.bytes().len()).sum();
+        Some((Item::Frames { frames, charge }, n))
     }
 
     /// Queues a reply (never dropped) and writes it out if the socket is free. Returns false
@@ -362,30 +477,30 @@ impl Outbound {
         self.state.lock().closed
     }
 
-    /// Removes queued deliveries for which `keep` is false, then queues `notice` (never
-    /// dropped). Deliveries a thread is writing at this moment are already on their way and
-    /// precede the notice on the wire.
-    pub fn retain_and_notify(self: &Arc<Self>, keep: impl Fn(&Message) -> bool, notice: Vec<u8>) {
+    /// Removes queued WebSocket deliveries whose tags `keep` refuses, then queues `notice`
+    /// (never dropped). Deliveries a thread is writing at this moment are already on their way
+    /// and precede the notice on the wire. (Only WebSocket clients hold tokens, so only their
+    /// deliveries are ever revoked.)
+    pub fn retain_and_notify(self: &Arc<Self>, keep: impl Fn(&str) -> bool, notice: Vec<u8>) {
         let mut st = self.state.lock();
         if st.closed || st.closing {
             return;
         }
-        // The head may be partly written when no thread is busy; it has to stay.
+        // The head may be partly written when no thread is busy; it has to stay whole.
         let keep_head = usize::from(st.head_done > 0);
-        let mut kept = VecDeque::with_capacity(st.queue.len());
-        let (mut gone_msgs, mut gone_bytes) = (0, 0);
-        for (i, item) in std::mem::take(&mut st.queue).into_iter().enumerate() {
-            match item {
-                Item::Msg(m) if i >= keep_head && !keep(&m) => {
-                    gone_msgs += 1;
-                    gone_bytes += m.size();
-                }
-                other => kept.push_back(other),
+        let mut queue = std::mem::take(&mut st.queue);
+        for item in queue.iter_mut().skip(keep_head) {
+            if let Item::Frames { frames, charge } = item {
+                let before = frames.len();
+                frames.retain(|f| keep(f.tags()));
+                let kept: usize = frames.iter().map(|f| f.bytes().len()).sum();
+                st.msgs -= before - frames.len();
+                st.bytes -= *charge - kept;
+                *charge = kept;
             }
         }
-        st.queue = kept;
-        st.msgs -= gone_msgs;
-        st.bytes -= gone_bytes;
+        queue.retain(|item| !matches!(item, Item::Frames { frames, .. } if frames.is_empty()));
+        st.queue = queue;
         st.replies += notice.len();
         st.queue.push_back(Item::Bytes(notice.into_boxed_slice()));
         drop(st);
@@ -402,15 +517,15 @@ impl Outbound {
         let keep_head = usize::from(st.head_done > 0);
         let old = std::mem::take(&mut st.queue);
         let mut kept = VecDeque::new();
+        let mut gone = Vec::new();
         for (i, item) in old.into_iter().enumerate() {
             match item {
-                Item::Msg(m) if i >= keep_head => {
-                    st.msgs -= 1;
-                    st.bytes -= m.size();
-                }
-                other => kept.push_back(other),
+                Item::Bytes(_) => kept.push_back(item),
+                delivery if i < keep_head => kept.push_back(delivery),
+                delivery => gone.push(delivery),
             }
         }
+        self.account(&mut st, gone.into_iter());
         st.queue = kept;
         st.replies += last.len();
         st.queue.push_back(Item::Bytes(last.into_boxed_slice()));
@@ -497,13 +612,12 @@ impl Outbound {
         let mut iov: Vec<IoSlice<'_>> = Vec::new();
         while done < items.len() {
             iov.clear();
-            iov.push(IoSlice::new(&items[done].bytes(self.transport)[offset..]));
-            iov.extend(
-                items
-                    .range(done + 1..)
-                    .take(IOV_MAX - 1)
-                    .map(|it| IoSlice::new(it.bytes(self.transport))),
-            );
+            let mut skip = offset;
+            for item in items.range(done..) {
+                if !item.push_slices(&mut iov, &mut skip) {
+                    break;
+                }
+            }
             match sock.send_vectored_with_flags(&iov, flags) {
                 Ok(0) => {
                     return (
@@ -514,7 +628,7 @@ impl Outbound {
                 }
                 Ok(mut n) => {
                     while n > 0 {
-                        let left = items[done].bytes(self.transport).len() - offset;
+                        let left = items[done].len() - offset;
                         if n >= left {
                             n -= left;
                             done += 1;
@@ -539,9 +653,17 @@ impl Outbound {
     fn account(&self, st: &mut State, gone: impl Iterator<Item = Item>) {
         for item in gone {
             match item {
-                Item::Msg(m) => {
-                    st.msgs -= 1;
-                    st.bytes -= m.size();
+                Item::Run { msgs, charge, .. } => {
+                    st.msgs -= msgs;
+                    st.bytes -= charge;
+                }
+                Item::Lines { bytes, msgs } => {
+                    st.msgs -= msgs;
+                    st.bytes -= bytes.len();
+                }
+                Item::Frames { frames, charge } => {
+                    st.msgs -= frames.len();
+                    st.bytes -= charge;
                 }
                 Item::Bytes(b) => st.replies -= b.len(),
             }
@@ -556,7 +678,7 @@ impl Outbound {
     /// losses would get two notices with nothing between them.
     fn push_notice_if_room(&self, st: &mut State) {
         let room = st.msgs < self.limits.max_msgs
-            && (st.bytes == 0 || st.bytes + self.limits.max_msg_bytes <= self.limits.max_bytes);
+            && (st.bytes == 0 || st.bytes + self.limits.max_item_bytes <= self.limits.max_bytes);
         if st.dropped > 0 && room {
             self.push_notice(st);
         }

@@ -84,8 +84,8 @@ impl Context {
             write_timeout: WRITE_TIMEOUT,
             // Enough for the longest reply to a line command, twice.
             reply_backlog: 2 * self.config.max_line_bytes.max(64 * 1024),
-            // A delivery is the `publish` line as received (at most `max_line_bytes`) and `\n`.
-            max_msg_bytes: self.config.max_line_bytes + 1,
+            // A batch is at most one read buffer: a longest line, or the bulk read size.
+            max_item_bytes: crate::framing::max_buffer(self.config.max_line_bytes),
         }
     }
 
