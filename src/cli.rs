@@ -313,10 +313,15 @@ pub struct Bench {
     #[argh(option, default = "10")]
     pub noise_conns: usize,
 
-    /// index: run once without noise first, then report the delivery-rate ratio with/without
-    /// (and the server-CPU-per-delivery ratio with --server-pid)
+    /// run once without the noise (index) or without the stalled subscribers (--stalled)
+    /// first, then report the ratios with/without
     #[argh(switch)]
     pub compare: bool,
+
+    /// extra TCP subscribers that subscribe and then never read, to see whether they slow
+    /// anyone down; reported apart from the others (default 0), e.g. --stalled 2
+    #[argh(option, default = "0")]
+    pub stalled: usize,
 
     /// connect: WebSocket connections to open and keep open (default 1000), e.g. --conns 5000
     #[argh(option, default = "1000")]

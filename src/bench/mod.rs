@@ -152,6 +152,8 @@ pub struct Options {
     pub noise_subs: usize,
     pub noise_conns: usize,
     pub compare: bool,
+    /// Subscribers that never read.
+    pub stalled: usize,
     pub conns: usize,
     pub threads: usize,
     pub sub_threads: usize,
@@ -215,6 +217,7 @@ impl Options {
             },
             noise_conns: b.noise_conns,
             compare: b.compare,
+            stalled: b.stalled,
             conns: b.conns,
             threads: b.threads,
             sub_threads: b.sub_threads.unwrap_or_else(default_sub_threads),
@@ -266,8 +269,10 @@ impl Options {
         if self.noise_subs > 0 && self.noise_conns == 0 {
             return Err(usage("--noise-conns must be at least 1"));
         }
-        if self.compare && self.scenario != Scenario::Index {
-            return Err(usage("--compare applies to --scenario index"));
+        if self.compare && self.scenario != Scenario::Index && self.stalled == 0 {
+            return Err(usage(
+                "--compare applies to --scenario index, or to a run with --stalled subscribers",
+            ));
         }
         let topic = tag_set("--topic", &self.topic)?;
         let sub = tag_set("--sub-tags", &self.sub_tags)?;
@@ -276,7 +281,9 @@ impl Options {
                 "--sub-tags must be among the --topic tags, so that every subscriber gets every message",
             ));
         }
-        self.check_open_files(self.subs + self.pubs + self.noise_conns.min(self.noise_subs) + 16)
+        self.check_open_files(
+            self.subs + self.stalled + self.pubs + self.noise_conns.min(self.noise_subs) + 16,
+        )
     }
 
     fn check_open_files(&self, need: usize) -> Result<(), BenchError> {
@@ -324,6 +331,23 @@ pub fn run(b: Bench, g: Globals) -> Result<(), BenchError> {
                 serde_json::Value::Object(r.json()).to_string()
             } else {
                 r.human()
+            }
+        }
+        _ if o.compare && o.stalled > 0 => {
+            let without = pubsub::run(&Options {
+                stalled: 0,
+                ..o.clone()
+            })?;
+            let with = pubsub::run(&o)?;
+            if o.json {
+                serde_json::Value::Object(report::stall_json(&with, &without)).to_string()
+            } else {
+                format!(
+                    "{}\n{}\n{}",
+                    without.human(),
+                    with.human(),
+                    report::stall_human(&with, &without)
+                )
             }
         }
         Scenario::Index if o.compare => {

@@ -17,7 +17,7 @@ use super::reader::{Conn, Plan, Reader, Role, Stats};
 use super::report::{Latency, Params, PubSub, Server};
 use super::{BenchError, Options, Transport, progress, sys};
 use crate::tags::TagSet;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -73,8 +73,9 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
         &clock,
         deadline,
     )?;
+    let stalled = open_stalled(o, deadline)?;
     server.setup = o.server_pid.and_then(sys::memory);
-    server.conns = subs.len() + noise.len();
+    server.conns = subs.len() + noise.len() + stalled.len();
     server.noise_subs = o.noise_subs;
 
     let mut publishers = Vec::with_capacity(o.pubs);
@@ -145,6 +146,7 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
     server.cpu_secs = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
     let run_secs = clock.secs() - started;
 
+    let told = hear_stalled(&stalled, o.idle);
     stop.store(true, Ordering::Relaxed);
     for s in &shutdown {
         let _ = s.shutdown(Shutdown::Both);
@@ -218,7 +220,66 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
         server,
         end,
         run_secs,
+        stalled: o.stalled,
+        stalled_told: told,
     })
+}
+
+/// Subscribers that subscribe, confirm, and then never read again. (Their receive buffers are
+/// left alone: shrinking one after connecting makes TCP crawl once it is read again.)
+fn open_stalled(o: &Options, deadline: Deadline) -> Result<Vec<TcpStream>, BenchError> {
+    (0..o.stalled)
+        .map(|i| {
+            let mut stream = net::connect(&o.tcp_addr, deadline)
+                .map_err(|e| setup_error(format!("stalled subscriber {i}: {e}")))?;
+            stream
+                .write_all(format!("subscribe {}\nping\n", o.sub_tags).as_bytes())
+                .and_then(|()| net::await_pong(&stream, &mut Vec::new(), deadline))
+                .map_err(|e| setup_error(format!("stalled subscriber {i}: {e}")))?;
+            Ok(stream)
+        })
+        .collect()
+}
+
+/// After the run, reads each stalled subscriber for at most `secs` in all, until it has been
+/// told of its losses (`error slow consumer: dropped N messages`). Returns the subscribers
+/// told and the losses they were told of.
+fn hear_stalled(stalled: &[TcpStream], secs: f64) -> (usize, u64) {
+    let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
+    let (mut told, mut dropped) = (0, 0);
+    let mut buf = vec![0u8; 1 << 16];
+    for mut s in stalled {
+        // The connection helpers leave sockets non-blocking; here we wait with a timeout.
+        if s.set_nonblocking(false).is_err() {
+            continue;
+        }
+        let mut tail: Vec<u8> = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            let n = match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // Only whole lines matter; keep the unfinished one.
+            tail.extend_from_slice(&buf[..n]);
+            let cut = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let notices: Vec<u64> = tail[..cut]
+                .split(|&b| b == b'\n')
+                .filter_map(|l| l.strip_prefix(b"error slow consumer: dropped "))
+                .filter_map(|l| std::str::from_utf8(l).ok()?.split(' ').next()?.parse().ok())
+                .collect();
+            tail.drain(..cut);
+            if !notices.is_empty() {
+                told += 1;
+                dropped += notices.iter().sum::<u64>();
+                break;
+            }
+        }
+    }
+    (told, dropped)
 }
 
 fn register_token(o: &Options, deadline: Deadline) -> Result<Token, BenchError> {

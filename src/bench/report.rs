@@ -200,6 +200,10 @@ pub struct PubSub {
     pub server: Server,
     pub end: &'static str,
     pub run_secs: f64,
+    /// Subscribers that never read, not counted in the figures above.
+    pub stalled: usize,
+    /// How many of them were told of losses once read, and of how many losses.
+    pub stalled_told: (usize, u64),
 }
 
 fn rate(n: u64, secs: f64) -> f64 {
@@ -252,6 +256,9 @@ impl PubSub {
         put("bad_payloads", json!(self.bad_payloads));
         put("subs_closed", json!(self.subs_closed));
         put("publisher_failures", json!(self.publisher_failures));
+        put("stalled", json!(self.stalled));
+        put("stalled_told", json!(self.stalled_told.0));
+        put("stalled_dropped_told", json!(self.stalled_told.1));
         put("end", json!(self.end));
         put("run_secs", json!(round(self.run_secs, 3)));
         put("setup_secs", json!(round(self.setup_secs, 3)));
@@ -321,6 +328,19 @@ impl PubSub {
                 ),
             ),
             ("latency µs".into(), self.latency.human()),
+            (
+                "stalled".into(),
+                if self.stalled == 0 {
+                    "none".into()
+                } else {
+                    format!(
+                        "{} subscribers that never read; {} told of {} dropped messages",
+                        self.stalled,
+                        self.stalled_told.0,
+                        group(self.stalled_told.1)
+                    )
+                },
+            ),
             (
                 "client cpu".into(),
                 format!("{:.2} s", self.client_cpu_secs),
@@ -457,6 +477,43 @@ pub fn compare_human(with: &PubSub, without: &PubSub) -> String {
         );
     }
     s
+}
+
+/// A run with stalled subscribers and `--compare`: the same run without them, then with.
+pub fn stall_json(with: &PubSub, without: &PubSub) -> Map<String, Value> {
+    let mut o = with.json();
+    o.insert("baseline".into(), Value::Object(without.json()));
+    let (publish, delivery) = stall_ratios(with, without);
+    o.insert(
+        "stall_publish_ratio".into(),
+        opt(publish.map(|r| round(r, 3))),
+    );
+    o.insert(
+        "stall_delivery_ratio".into(),
+        opt(delivery.map(|r| round(r, 3))),
+    );
+    o
+}
+
+/// The last lines of `--compare --stalled`'s table.
+pub fn stall_human(with: &PubSub, without: &PubSub) -> String {
+    let ratio = |r: Option<f64>| r.map_or_else(|| "unknown".into(), |r| format!("{r:.3}"));
+    let (publish, delivery) = stall_ratios(with, without);
+    format!(
+        "stall ratios     publish rate {}, delivery rate to the others {}  (with {} stalled / without)\n",
+        ratio(publish),
+        ratio(delivery),
+        with.stalled
+    )
+}
+
+/// Publish rate and delivery rate (to the subscribers that read) with stalled subscribers over
+/// those without.
+pub fn stall_ratios(with: &PubSub, without: &PubSub) -> (Option<f64>, Option<f64>) {
+    let publish = |r: &PubSub| rate(r.published, r.publish_secs);
+    let p = (publish(without) > 0.0).then(|| publish(with) / publish(without));
+    let d = (without.delivery_rate() > 0.0).then(|| with.delivery_rate() / without.delivery_rate());
+    (p, d)
 }
 
 /// Delivery rate with noise over the rate without.

@@ -155,6 +155,40 @@ fn fanout_over_websocket() {
     assert_eq!(r["sub_tags"], "ws");
 }
 
+/// Stalled subscribers are reported apart: the others get everything, and the stalled ones,
+/// read at the end, were told of their losses; `--compare` also runs without them.
+#[test]
+fn stalled_subscribers_with_comparison() {
+    let server = TestServer::with(|c| c.client_queue = 64);
+    let r = bench(
+        &server,
+        &[
+            "--subs",
+            "2",
+            "--stalled",
+            "1",
+            "--msgs",
+            "3000",
+            "--size",
+            "4096",
+            "--compare",
+        ],
+    );
+    assert_complete(&r, 2 * 3000);
+    assert_eq!(count(&r, "stalled"), 1);
+    assert_eq!(
+        count(&r, "stalled_told"),
+        1,
+        "the stalled subscriber was told: {r}"
+    );
+    assert!(count(&r, "stalled_dropped_told") > 0);
+    let base = &r["baseline"];
+    assert_eq!(count(base, "stalled"), 0);
+    assert_eq!(count(base, "lost"), 0);
+    assert!(num(&r, "stall_publish_ratio") > 0.0);
+    assert!(num(&r, "stall_delivery_ratio") > 0.0);
+}
+
 #[test]
 fn fanin() {
     let server = TestServer::start();
