@@ -5,7 +5,7 @@
 //! [`Config::load`] touches the file system.
 
 use log::LevelFilter;
-use std::net::ToSocketAddrs;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 /// Where tokens live.
@@ -49,6 +49,14 @@ pub struct Config {
     pub max_connections: usize,
     pub max_subscriptions: usize,
     pub ws_ping_interval: u64,
+    pub publisher_pacing: u64,
+    /// Seconds a write to a client may make no progress before the client is disconnected.
+    pub write_timeout: u64,
+    /// Seconds an HTTP client has to send its whole request head.
+    pub http_head_timeout: u64,
+    /// The `Origin` values a WebSocket upgrade may carry, lowercased. Empty: any origin, and
+    /// none, is allowed.
+    pub ws_allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -74,6 +82,10 @@ impl Default for Config {
             max_connections: 10_000,
             max_subscriptions: 10_000,
             ws_ping_interval: 30,
+            publisher_pacing: 25,
+            write_timeout: 30,
+            http_head_timeout: 10,
+            ws_allowed_origins: Vec::new(),
         }
     }
 }
@@ -211,6 +223,10 @@ impl Config {
             "max_connections" => self.max_connections = number(value, 1, 1_000_000)?,
             "max_subscriptions" => self.max_subscriptions = number(value, 1, 100_000_000)?,
             "ws_ping_interval" => self.ws_ping_interval = number(value, 1, 3600)? as u64,
+            "publisher_pacing" => self.publisher_pacing = number(value, 0, 1000)? as u64,
+            "write_timeout" => self.write_timeout = number(value, 1, 3600)? as u64,
+            "http_head_timeout" => self.http_head_timeout = number(value, 1, 3600)? as u64,
+            "ws_allowed_origins" => self.ws_allowed_origins = origins(value)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -246,14 +262,66 @@ fn host_port(value: &str) -> Result<String, String> {
     Ok(v)
 }
 
-/// A listen address: `host:port` that resolves now, so a typo stops start-up with this message.
+/// A listen address: an IP address and port (`127.0.0.1:1445`, `[::1]:8080`) or a host name and
+/// port (`localhost:1445`). Checked without resolving anything, so parsing stays pure and never
+/// waits for DNS: a name is looked up when the listener is bound, and one that does not resolve
+/// stops start-up there, naming the address.
 fn address(value: &str) -> Result<String, String> {
     let v = host_port(value)?;
-    match v.to_socket_addrs().map(|mut addrs| addrs.next()) {
-        Ok(Some(_)) => Ok(v),
-        Ok(None) => Err(format!("'{value}' resolves to no address")),
-        Err(e) => Err(format!("'{value}': {e}")),
+    if v.parse::<SocketAddr>().is_ok() {
+        return Ok(v);
     }
+    let (host, _) = v.rsplit_once(':').expect("host_port found the colon");
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let is_name = name.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    });
+    if !is_name && host.parse::<IpAddr>().is_err() {
+        return Err(format!(
+            "'{value}': '{host}' is not an IP address or host name"
+        ));
+    }
+    Ok(v)
+}
+
+/// A comma-separated list of origins as browsers send them in `Origin`: `scheme://host` or
+/// `scheme://host:port` (no path, not even a trailing slash, which would never match), or
+/// `null`. Spaces around the commas are allowed. Stored lowercased, without duplicates: browsers
+/// send scheme and host in lowercase, and the check ignores ASCII case.
+fn origins(value: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in value.split(',') {
+        let o = item.trim();
+        if o.is_empty() {
+            return Err(format!("'{value}' has an empty origin"));
+        }
+        if o != "null" {
+            let shape = "is not an origin (scheme://host or scheme://host:port, no path)";
+            let Some((scheme, host)) = o.split_once("://") else {
+                return Err(format!("'{o}' {shape}"));
+            };
+            let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+            let host_ok = !host.is_empty()
+                && !host.starts_with(':')
+                && !host.contains(|c: char| {
+                    c.is_whitespace() || c.is_control() || matches!(c, '/' | '?' | '#' | '@')
+                });
+            if !scheme_ok || !host_ok {
+                return Err(format!("'{o}' {shape}"));
+            }
+        }
+        let o = o.to_ascii_lowercase();
+        if !out.contains(&o) {
+            out.push(o);
+        }
+    }
+    Ok(out)
 }
 
 fn log_level(value: &str) -> Result<LevelFilter, String> {
@@ -305,7 +373,10 @@ mod tests {
                     max_tags 4\n\
                     max_connections 7\n\
                     max_subscriptions 9\n\
-                    ws_ping_interval 5\n";
+                    ws_ping_interval 5\n\
+                    write_timeout 7\n\
+                    http_head_timeout 3\n\
+                    ws_allowed_origins https://App.example, http://localhost:8080,null\n";
         let c = parse(text).unwrap();
         assert_eq!(c.tcp_listen_address, "127.0.0.1:1000");
         assert_eq!(c.http_listen_address, "[::1]:2000");
@@ -329,6 +400,86 @@ mod tests {
             (10, 4096, 100, 4, 7)
         );
         assert_eq!((c.max_subscriptions, c.ws_ping_interval), (9, 5));
+        assert_eq!((c.write_timeout, c.http_head_timeout), (7, 3));
+        assert_eq!(
+            c.ws_allowed_origins,
+            ["https://app.example", "http://localhost:8080", "null"]
+        );
+        let c = parse("publisher_pacing 0\n").unwrap();
+        assert_eq!(c.publisher_pacing, 0);
+    }
+
+    #[test]
+    fn timeouts_are_whole_seconds_in_range() {
+        for key in ["write_timeout", "http_head_timeout"] {
+            assert!(parse(&format!("{key} 1\n")).is_ok(), "{key}");
+            assert!(parse(&format!("{key} 3600\n")).is_ok(), "{key}");
+            for (bad, reason) in [
+                ("0", "0 is out of range (1..=3600)"),
+                ("3601", "3601 is out of range (1..=3600)"),
+                ("1.5", "'1.5' is not a whole number"),
+                ("10s", "'10s' is not a whole number"),
+                ("-1", "'-1' is not a whole number"),
+            ] {
+                let e = parse(&format!("{key} {bad}\n")).unwrap_err();
+                assert_eq!(e.to_string(), format!("test.conf:1: {key}: {reason}"));
+            }
+        }
+        let d = Config::default();
+        assert_eq!((d.write_timeout, d.http_head_timeout), (30, 10));
+    }
+
+    #[test]
+    fn allowed_origins_are_checked_and_normalised() {
+        assert!(Config::default().ws_allowed_origins.is_empty());
+        let c = parse(
+            "ws_allowed_origins https://a.example,HTTPS://A.example,https://b.example:8443\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.ws_allowed_origins,
+            ["https://a.example", "https://b.example:8443"]
+        );
+        let c = parse("ws_allowed_origins http://[::1]:8080\n").unwrap();
+        assert_eq!(c.ws_allowed_origins, ["http://[::1]:8080"]);
+        let shape = "is not an origin (scheme://host or scheme://host:port, no path)";
+        for (bad, reason) in [
+            (
+                "https://a.example/",
+                format!("'https://a.example/' {shape}"),
+            ),
+            (
+                "https://a.example/app",
+                format!("'https://a.example/app' {shape}"),
+            ),
+            ("a.example", format!("'a.example' {shape}")),
+            ("https://", format!("'https://' {shape}")),
+            ("://a.example", format!("'://a.example' {shape}")),
+            ("1http://a.example", format!("'1http://a.example' {shape}")),
+            (
+                "https://user@a.example",
+                format!("'https://user@a.example' {shape}"),
+            ),
+            (
+                "https://a.example?x",
+                format!("'https://a.example?x' {shape}"),
+            ),
+            ("*", format!("'*' {shape}")),
+            (
+                "https://a.example,,https://b.example",
+                "'https://a.example,,https://b.example' has an empty origin".to_string(),
+            ),
+            (
+                "https://a.example,",
+                "'https://a.example,' has an empty origin".to_string(),
+            ),
+        ] {
+            let e = parse(&format!("ws_allowed_origins {bad}\n")).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("test.conf:1: ws_allowed_origins: {reason}")
+            );
+        }
     }
 
     #[test]
@@ -366,6 +517,41 @@ mod tests {
         );
         let e = parse("pg_address localhost\n").unwrap_err();
         assert!(e.to_string().starts_with("test.conf:1: pg_address:"));
+    }
+
+    #[test]
+    fn listen_addresses_are_checked_without_resolving() {
+        for ok in [
+            "127.0.0.1:1",
+            "[::1]:2",
+            "::1:3",
+            "localhost:4",
+            "my-host.example.:5",
+            // Not looked up here: a name that does not resolve fails when it is bound.
+            "no-such-host.invalid:6",
+        ] {
+            let c = parse(&format!("tcp_listen_address {ok}\n")).unwrap();
+            assert_eq!(c.tcp_listen_address, ok);
+        }
+        for (bad, reason) in [
+            ("a/b:1", "'a/b:1': 'a/b' is not an IP address or host name"),
+            (
+                "a..b:1",
+                "'a..b:1': 'a..b' is not an IP address or host name",
+            ),
+            (
+                "[::1:1",
+                "'[::1:1': '[::1' is not an IP address or host name",
+            ),
+            ("localhost:99999", "'localhost:99999' is not host:port"),
+            (":1", "':1' is not host:port"),
+        ] {
+            let e = parse(&format!("http_listen_address {bad}\n")).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("test.conf:1: http_listen_address: {reason}")
+            );
+        }
     }
 
     #[test]

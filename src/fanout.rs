@@ -13,6 +13,7 @@ use crate::metrics;
 use crate::outbound::Outbound;
 use crate::tags::TagSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Consecutive messages of the batch with the same tags.
 struct Run {
@@ -109,8 +110,15 @@ impl Fanout {
                 .sort_unstable_by_key(|o| Arc::as_ptr(o) as usize);
             self.touched.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
-        for out in self.touched.drain(..) {
+        let flushed = Instant::now();
+        for out in &self.touched {
             out.flush();
+        }
+        // Subscribers that keep up but are behind get a moment to catch up (bounded, and never
+        // for slow ones): publishers go at the speed deliveries are made, instead of losing
+        // messages a healthy subscriber would have taken a millisecond later.
+        for out in self.touched.drain(..) {
+            out.pace(flushed);
         }
         self.runs.clear();
     }

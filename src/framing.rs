@@ -262,4 +262,116 @@ mod tests {
         }
         assert!(lr.capacity() <= BULK);
     }
+
+    use proptest::prelude::*;
+
+    /// What the reader may report, owned.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Got {
+        Line(Vec<u8>),
+        TooLong,
+        Rest(Vec<u8>),
+    }
+
+    /// What a reader for lines of at most `max_line` bytes reports for `data`, however it is
+    /// cut into reads: each `\n`-terminated line (less one `\r` before the `\n`) or `TooLong`;
+    /// then an unterminated last line, returned as it is when it fits, reported as too long
+    /// when it outgrew the `\r\n` allowance while being read, and dropped in between.
+    fn model(data: &[u8], max_line: usize) -> Vec<Got> {
+        let mut lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+        let rest = lines.pop().expect("split yields at least one part");
+        let mut out: Vec<Got> = lines
+            .into_iter()
+            .map(|l| {
+                let l = l.strip_suffix(b"\r").unwrap_or(l);
+                if l.len() > max_line {
+                    Got::TooLong
+                } else {
+                    Got::Line(l.to_vec())
+                }
+            })
+            .collect();
+        if rest.len() > max_line + 1 {
+            out.push(Got::TooLong);
+        } else if !rest.is_empty() && rest.len() <= max_line {
+            out.push(Got::Rest(rest.to_vec()));
+        }
+        out
+    }
+
+    /// Runs a reader over `data` in reads of the given sizes (cycled), checking the bounds
+    /// after every step.
+    fn run(data: &[u8], reads: &[usize], max_line: usize) -> Vec<Got> {
+        let mut lr = LineReader::new(max_line);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &size in reads.iter().cycle() {
+            let end = (at + size).min(data.len());
+            let n = lr.fill(&mut &data[at..end]).unwrap();
+            at += n;
+            assert!(
+                lr.capacity() <= max_buffer(max_line),
+                "buffer {}",
+                lr.capacity()
+            );
+            while let Some(e) = lr.next_event() {
+                out.push(match e {
+                    Event::Line(l) => {
+                        assert!(l.len() <= max_line);
+                        Got::Line(l.to_vec())
+                    }
+                    Event::TooLong => Got::TooLong,
+                });
+            }
+            if n == 0 {
+                assert_eq!(at, data.len(), "a read took nothing before the end");
+                break;
+            }
+        }
+        if let Some(rest) = lr.take_rest() {
+            out.push(Got::Rest(rest.to_vec()));
+        }
+        out
+    }
+
+    /// A stream made of runs of line bytes, `\r` and `\n`, up to `run` bytes each.
+    fn stream(runs: usize, run: usize) -> impl Strategy<Value = Vec<u8>> {
+        let piece = (prop::sample::select(&b"ab\r\n"[..]), 1..=run);
+        prop::collection::vec(piece, 0..runs).prop_map(|pieces| {
+            pieces
+                .into_iter()
+                .flat_map(|(b, n)| std::iter::repeat_n(b, n))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Short lines around a small limit, read in pieces of any size: the events are the
+        /// model's, lines never exceed the limit, and the buffer stays within its bound.
+        #[test]
+        fn small_lines_in_any_pieces(
+            data in stream(40, 12),
+            reads in prop::collection::vec(1..=40usize, 1..8),
+            max_line in 1..=16usize,
+        ) {
+            prop_assert_eq!(run(&data, &reads, max_line), model(&data, max_line));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The same around the 64 KiB bulk size, where the buffer grows, is compacted and
+        /// shrinks back.
+        #[test]
+        fn long_lines_in_any_pieces(
+            data in stream(8, 70_000),
+            reads in prop::collection::vec(1..=100_000usize, 1..6),
+            max_line in prop_oneof![100..=200usize, 65_000..=66_000usize, 69_000..=70_000usize],
+        ) {
+            prop_assert_eq!(run(&data, &reads, max_line), model(&data, max_line));
+        }
+    }
 }

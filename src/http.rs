@@ -1,8 +1,8 @@
 //! The HTTP listener's connections: `/subscribe/websocket` (upgraded to a WebSocket session),
 //! `/ping` and `/metrics`; 404 for other paths, 400 for what is not HTTP.
 //!
-//! A request head is read with a size limit ([`MAX_HEAD`]) and a deadline ([`HEAD_TIMEOUT`]) for
-//! the whole head, so a client dribbling bytes cannot hold a thread. At most
+//! A request head is read with a size limit ([`MAX_HEAD`]) and a deadline for the whole head
+//! (`http_head_timeout`), so a client dribbling bytes cannot hold a thread. At most
 //! [`MAX_PENDING_HEADS`] heads are read at once. Heads are parsed by `httparse`; responses are
 //! built from the `http` crate's types. One request per connection.
 
@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 
 /// The largest request head accepted, in bytes.
 pub const MAX_HEAD: usize = 16 * 1024;
-/// The time a client has to send its whole request head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request heads read at the same time; past it, new connections get 503 at once.
 pub const MAX_PENDING_HEADS: usize = 1024;
 /// The WebSocket endpoint.
@@ -58,7 +56,7 @@ pub struct Head {
 pub enum HeadError {
     #[error("request head larger than {MAX_HEAD} bytes")]
     TooLarge,
-    #[error("request head not complete within {HEAD_TIMEOUT:?}")]
+    #[error("request head not complete in time")]
     Timeout,
     #[error("malformed request: {0}")]
     Malformed(String),
@@ -81,7 +79,8 @@ pub fn serve(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         );
         return;
     }
-    let head = read_head(&stream, Instant::now() + HEAD_TIMEOUT);
+    let deadline = Instant::now() + Duration::from_secs(ctx.config.http_head_timeout);
+    let head = read_head(&stream, deadline);
     PENDING_HEADS.fetch_sub(1, Ordering::AcqRel);
     let head = match head {
         Ok(h) => h,
@@ -245,6 +244,22 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
     })
 }
 
+/// The `ws_allowed_origins` rule: with no list, every request passes (with or without an
+/// `Origin`); with a list, the request's `Origin` must be one of its entries, ignoring ASCII
+/// case. A request without `Origin` does not pass a list: browsers always send one on a
+/// WebSocket upgrade, and other clients can be given an allowed value. Pure.
+pub fn origin_allowed(allowed: &[String], origin: Option<&HeaderValue>) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(origin) = origin.and_then(|o| o.to_str().ok()) else {
+        return false;
+    };
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(origin.trim()))
+}
+
 /// Checks a WebSocket upgrade request and its token, then hands the connection to `ws::run`.
 fn upgrade(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, head: Head) {
     let h = &head.headers;
@@ -271,6 +286,16 @@ fn upgrade(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, head: Head) 
         );
         return;
     }
+    if !origin_allowed(&ctx.config.ws_allowed_origins, h.get(header::ORIGIN)) {
+        // Before the token is even looked at: a page on a foreign site learns nothing.
+        metrics::add(&ctx.metrics.auth_failures, 1);
+        let shown = h.get(header::ORIGIN).map_or("none".to_string(), |o| {
+            crate::line::printable(o.as_bytes(), 80)
+        });
+        log::info!("{peer}: WebSocket refused: origin {shown} is not allowed");
+        respond(&stream, StatusCode::FORBIDDEN, "origin not allowed\n");
+        return;
+    }
     let Some(token) = token_of(&head) else {
         metrics::add(&ctx.metrics.auth_failures, 1);
         respond(&stream, StatusCode::UNAUTHORIZED, "missing token\n");
@@ -290,7 +315,7 @@ fn upgrade(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, head: Head) 
         return;
     }
     let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    if let Err(e) = server::configure_socket(&stream) {
+    if let Err(e) = server::configure_socket(&stream, ctx.write_timeout()) {
         log::warn!("{peer}: cannot set socket options: {e}");
     }
     let sock = Arc::new(stream);
@@ -424,6 +449,25 @@ mod tests {
             parse_head(b"\x00\x01 nonsense\r\n\r\n"),
             Err(HeadError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn origins() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        // No list: anything goes, also no origin at all.
+        assert!(origin_allowed(&[], None));
+        assert!(origin_allowed(&[], Some(&v("https://evil.example"))));
+        let list = vec!["https://app.example".to_string(), "null".to_string()];
+        assert!(origin_allowed(&list, Some(&v("https://app.example"))));
+        assert!(origin_allowed(&list, Some(&v("HTTPS://App.Example"))));
+        assert!(origin_allowed(&list, Some(&v("null"))));
+        assert!(!origin_allowed(&list, None));
+        assert!(!origin_allowed(&list, Some(&v("https://app.example.evil"))));
+        assert!(!origin_allowed(&list, Some(&v("https://app.example:444"))));
+        assert!(!origin_allowed(&list, Some(&v("http://app.example"))));
+        assert!(!origin_allowed(&list, Some(&v(""))));
+        let not_utf8 = HeaderValue::from_bytes(b"https://app.example\xff").unwrap();
+        assert!(!origin_allowed(&list, Some(&not_utf8)));
     }
 
     #[test]

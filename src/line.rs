@@ -42,6 +42,11 @@ pub enum Command<'a> {
     Auth {
         token: &'a [u8],
     },
+    /// `debug-panic`: makes the connection's thread panic, to test that a panic stays local.
+    /// A fault hook for tests; it exists only in debug builds (release builds answer
+    /// `error unknown command 'debug-panic'`) and is not part of the protocol.
+    #[cfg(debug_assertions)]
+    DebugPanic,
 }
 
 impl Command<'_> {
@@ -55,6 +60,27 @@ impl Command<'_> {
                 | Command::Unset { .. }
                 | Command::Tags { .. }
         )
+    }
+
+    /// The command as a line, without the line ending: tag sets in their normalised form,
+    /// `publish` tags and data as they are. [`parse`] gives a command it returned back from
+    /// this line; the property tests and the fuzz targets rely on that.
+    pub fn to_line(&self) -> Vec<u8> {
+        match self {
+            Command::Ping => b"ping".to_vec(),
+            Command::List => b"list".to_vec(),
+            Command::Subscribe(tags) => format!("subscribe {tags}").into_bytes(),
+            Command::Unsubscribe(tags) => format!("unsubscribe {tags}").into_bytes(),
+            Command::Publish { tags, data, .. } => [b"publish".as_slice(), tags, data].join(&b' '),
+            Command::Register { tags, token } => format!("register {tags} {token}").into_bytes(),
+            Command::Unregister { token } => format!("unregister {token}").into_bytes(),
+            Command::Set { tags, token } => format!("set {tags} {token}").into_bytes(),
+            Command::Unset { tags, token } => format!("unset {tags} {token}").into_bytes(),
+            Command::Tags { token } => format!("tags {token}").into_bytes(),
+            Command::Auth { token } => [b"auth".as_slice(), token].join(&b' '),
+            #[cfg(debug_assertions)]
+            Command::DebugPanic => b"debug-panic".to_vec(),
+        }
     }
 }
 
@@ -126,6 +152,8 @@ pub fn parse(line: &[u8], max_tags: usize) -> Result<Command<'_>, LineError> {
             let [t] = words(rest, "auth ADMIN_TOKEN")?;
             Ok(Command::Auth { token: t })
         }
+        #[cfg(debug_assertions)]
+        b"debug-panic" => no_args(rest, Command::DebugPanic, "debug-panic"),
         _ => Err(LineError::UnknownCommand(printable(name, 40))),
     }
 }
@@ -302,6 +330,22 @@ mod tests {
         assert_eq!(p("auth s3cret"), Ok(Command::Auth { token: b"s3cret" }));
     }
 
+    /// The fault hook exists in debug builds only, and is not an admin command.
+    #[test]
+    fn debug_panic_only_in_debug_builds() {
+        #[cfg(debug_assertions)]
+        {
+            assert_eq!(p("debug-panic"), Ok(Command::DebugPanic));
+            assert!(!Command::DebugPanic.is_admin());
+            assert_eq!(p("debug-panic x"), Err(LineError::Usage("debug-panic")));
+        }
+        #[cfg(not(debug_assertions))]
+        assert_eq!(
+            p("debug-panic"),
+            Err(LineError::UnknownCommand("debug-panic".into()))
+        );
+    }
+
     #[test]
     fn publish_keeps_data_untouched() {
         assert_eq!(
@@ -415,5 +459,125 @@ mod tests {
         assert_eq!(printable(b"abc", 2), "ab…");
         assert_eq!(printable(b"a\nb", 10), "a\\nb");
         assert_eq!(printable(b"\xff", 10), "\u{fffd}");
+    }
+
+    use crate::tags::{check_list, strategy};
+    use proptest::prelude::*;
+
+    /// Builds command number `kind` (every kind has one) from owned parts; `tags` is a valid
+    /// list, `auth` has no space.
+    fn build<'a>(kind: u8, tags: &'a str, token: &'a str, data: &'a [u8]) -> Command<'a> {
+        let set = || TagSet::parse(tags.as_bytes(), 32).unwrap();
+        match kind {
+            0 => Command::Ping,
+            1 => Command::List,
+            2 => Command::Subscribe(set()),
+            3 => Command::Unsubscribe(set()),
+            4 => Command::Publish {
+                tags: tags.as_bytes(),
+                normalised: check_list(tags.as_bytes(), 32).unwrap(),
+                data,
+            },
+            5 => Command::Register { tags: set(), token },
+            6 => Command::Set { tags: set(), token },
+            7 => Command::Unset { tags: set(), token },
+            8 => Command::Unregister { token },
+            9 => Command::Tags { token },
+            _ => Command::Auth { token: data },
+        }
+    }
+
+    const NAMES: [&str; 13] = [
+        "ping",
+        "list",
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "register",
+        "unregister",
+        "set",
+        "unset",
+        "tags",
+        "auth",
+        "bogus",
+        "",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Every kind of command, with any valid tags, token and data, formatted as a line
+        /// parses back to the same command; a publish's delivery line (its tags normalised)
+        /// parses to the same message.
+        #[test]
+        fn commands_round_trip(
+            kind in 0..=10u8,
+            tags in strategy::tag_list(32),
+            token in strategy::token(),
+            data in prop::collection::vec(any::<u8>(), 0..40),
+            auth in prop::collection::vec(any::<u8>().prop_filter("no space", |b| *b != b' '), 1..40),
+        ) {
+            let tags = tags.join(",");
+            let data = if kind == 10 { auth } else { data };
+            let cmd = build(kind, &tags, &token, &data);
+            let line = cmd.to_line();
+            prop_assert_eq!(parse(&line, 32), Ok(cmd));
+            if kind == 4 {
+                let set = TagSet::parse(tags.as_bytes(), 32).unwrap();
+                let delivery = [b"publish", set.as_str().as_bytes(), &data[..]].join(&b' ');
+                prop_assert_eq!(
+                    parse(&delivery, 32),
+                    Ok(Command::Publish { tags: set.as_str().as_bytes(), normalised: true, data: &data })
+                );
+            }
+        }
+
+        /// Whatever follows a command name, `parse` does not panic; what it accepts formats
+        /// back to a line that parses to the same command, and what it refuses gets a
+        /// one-line error reply.
+        #[test]
+        fn parse_accepts_only_what_round_trips(
+            name in prop::sample::select(&NAMES[..]),
+            rest in prop::option::of(prop::collection::vec(
+                prop::sample::select(&b"ab,, \x00\r\n\t\x7f\xc3\xa9\xff"[..]),
+                0..24,
+            )),
+            max_tags in 1..=3usize,
+        ) {
+            let mut line = name.as_bytes().to_vec();
+            if let Some(rest) = &rest {
+                line.push(b' ');
+                line.extend_from_slice(rest);
+            }
+            match parse(&line, max_tags) {
+                Ok(cmd) => {
+                    let again = cmd.to_line();
+                    prop_assert_eq!(parse(&again, max_tags), Ok(cmd));
+                }
+                Err(e) => {
+                    let reply = error_reply(&e.to_string());
+                    prop_assert!(reply.starts_with(b"error "));
+                    prop_assert_eq!(reply.iter().filter(|&&b| b == b'\n' || b == b'\r').count(), 1);
+                    prop_assert_eq!(reply.last(), Some(&b'\n'));
+                }
+            }
+        }
+
+        /// Error replies are one line whatever the reason says, and `printable` keeps
+        /// control characters out and respects its length.
+        #[test]
+        fn replies_are_one_line(reason in any::<String>(), bytes in prop::collection::vec(any::<u8>(), 0..64), max in 0..20usize) {
+            let reply = error_reply(&reason);
+            prop_assert_eq!(reply.iter().filter(|&&b| b == b'\n' || b == b'\r').count(), 1);
+            prop_assert_eq!(reply.last(), Some(&b'\n'));
+            let shown = printable(&bytes, max);
+            prop_assert!(!shown.chars().any(char::is_control), "{:?}", shown);
+            // At most `max` characters are kept, and an escaped control character takes at
+            // most six (`\u{9f}`); `…` marks a cut.
+            prop_assert!(shown.chars().count() <= 6 * max + 1);
+            if String::from_utf8_lossy(&bytes).chars().count() > max {
+                prop_assert!(shown.ends_with('…'));
+            }
+        }
     }
 }

@@ -161,12 +161,21 @@ fn parse_args() -> Args {
 }
 
 /// Panics in connection threads end only that connection; log them with the thread's name,
-/// which carries the peer's address.
+/// which carries the peer's address, on one line:
+/// `thread 'mist-tcp 127.0.0.1:5555' panicked at src/tcp.rs:10: MESSAGE`.
 fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
-        log::error!("thread '{name}' panicked: {info}");
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info.payload_as_str().unwrap_or("(no message)");
+        log::error!(
+            "thread '{name}' panicked{at}: {}",
+            message.replace(['\n', '\r'], " ")
+        );
     }));
 }
 
@@ -176,5 +185,35 @@ fn init_logging(level: log::LevelFilter) {
         .set_thread_level(log::LevelFilter::Off)
         .set_target_level(log::LevelFilter::Off)
         .build();
-    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+    let logger = simplelog::WriteLogger::new(level, config, std::io::stderr());
+    if log::set_boxed_logger(Box::new(Filtered(logger))).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// The log, minus what must never be in it: the PostgreSQL client logs every statement's
+/// parameters at DEBUG (`executing statement ... with parameters: [...]`), and those are
+/// tokens. Its INFO and above (server notices) still pass.
+struct Filtered(Box<simplelog::WriteLogger<std::io::Stderr>>);
+
+impl Filtered {
+    fn keep(metadata: &log::Metadata<'_>) -> bool {
+        !(metadata.target().starts_with("tokio_postgres") && metadata.level() > log::Level::Info)
+    }
+}
+
+impl log::Log for Filtered {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        Filtered::keep(metadata) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if Filtered::keep(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }

@@ -1,46 +1,54 @@
 //! Published messages, encoded once and shared by every subscriber that receives them.
 //!
 //! The messages a connection publishes in one read form a [`Batch`]: their TCP delivery lines
-//! (`publish TAGS DATA\n`) laid out back to back in one buffer. A TCP subscriber that receives
-//! a run of consecutive messages of a batch gets that run as one slice of the buffer: one queue
-//! item and one iovec however many messages it holds, and no copy. The WebSocket frame of a
-//! message is encoded the first time a WebSocket subscriber needs it, at most once, and shared
-//! as a [`WsFrame`].
+//! (`publish TAGS DATA\n`) laid out back to back in one buffer. A subscriber that receives a
+//! run of consecutive messages of a batch gets that run as one slice of the buffer: one queue
+//! item and one iovec however many messages it holds, and no copy. The batch's WebSocket
+//! frames are encoded the first time a WebSocket subscriber needs one, all at once and at most
+//! once, into a second buffer laid out the same way.
 
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
+
+/// Messages of a batch in one wire format, back to back.
+pub struct Encoded {
+    bytes: Vec<u8>,
+    /// Message `i` spans `bytes[starts[i]..starts[i + 1]]`; one more entry than messages.
+    starts: Vec<usize>,
+}
+
+impl Encoded {
+    /// Where messages `run` lie.
+    pub fn span(&self, run: Range<usize>) -> Range<usize> {
+        self.starts[run.start]..self.starts[run.end]
+    }
+
+    /// Bytes of the buffer.
+    pub fn bytes(&self, span: Range<usize>) -> &[u8] {
+        &self.bytes[span]
+    }
+
+    /// The buffer's size.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
 
 const PREFIX: &[u8] = b"publish ";
 
 /// Messages published together, in publish order.
 pub struct Batch {
-    /// Every message's delivery line, back to back.
-    lines: Vec<u8>,
-    /// Message `i` spans `lines[starts[i]..starts[i + 1]]`; one more entry than messages.
-    starts: Vec<usize>,
-    /// Where each message's tags end in `lines` (the space before its data).
+    /// Every message's TCP delivery line.
+    lines: Encoded,
+    /// Where each message's tags end in the lines (the space before its data).
     tags_ends: Vec<usize>,
-    /// Each message's WebSocket frame, encoded on first use. The table itself is allocated
-    /// only when a WebSocket subscriber first needs a frame of this batch.
-    ws: OnceLock<Box<[OnceLock<Arc<WsFrame>>]>>,
-}
-
-/// One message's WebSocket delivery frame, with the message's tags (revocation needs them).
-pub struct WsFrame {
-    tags: Box<str>,
-    frame: Box<[u8]>,
-}
-
-impl WsFrame {
-    /// The frame's bytes on the wire.
-    pub fn bytes(&self) -> &[u8] {
-        &self.frame
-    }
-
-    /// The message's tags, normalised and comma-joined.
-    pub fn tags(&self) -> &str {
-        &self.tags
-    }
+    /// Every message's WebSocket delivery frame, encoded on first use.
+    ws: OnceLock<Encoded>,
 }
 
 /// Builds a [`Batch`].
@@ -83,11 +91,10 @@ impl BatchBuilder {
     /// Finishes the batch, leaving the builder empty.
     pub fn build(&mut self) -> Arc<Batch> {
         let mut starts = std::mem::take(&mut self.starts);
-        let lines = std::mem::take(&mut self.lines);
-        starts.push(lines.len());
+        let bytes = std::mem::take(&mut self.lines);
+        starts.push(bytes.len());
         Arc::new(Batch {
-            lines,
-            starts,
+            lines: Encoded { bytes, starts },
             tags_ends: std::mem::take(&mut self.tags_ends),
             ws: OnceLock::new(),
         })
@@ -112,50 +119,65 @@ impl Batch {
         self.tags_ends.is_empty()
     }
 
-    /// The memory the batch's lines take, which any queue holding a slice of it pins.
+    /// The memory the batch keeps alive for whoever holds a slice of it: its lines, and its
+    /// WebSocket frames once encoded.
     pub fn size(&self) -> usize {
-        self.lines.len()
+        self.lines.len() + self.ws.get().map_or(0, Encoded::len)
     }
 
-    /// Where the lines of messages `run` lie in the buffer.
-    pub fn span(&self, run: Range<usize>) -> Range<usize> {
-        self.starts[run.start]..self.starts[run.end]
+    /// The TCP delivery lines.
+    pub fn lines(&self) -> &Encoded {
+        &self.lines
     }
 
-    /// Bytes of the buffer.
-    pub fn bytes(&self, span: Range<usize>) -> &[u8] {
-        &self.lines[span]
+    /// The WebSocket delivery frames, encoded on the first call (for every message of the
+    /// batch at once, so a run of them is one slice) and shared after.
+    pub fn frames(&self) -> &Encoded {
+        self.ws.get_or_init(|| {
+            let mut bytes = Vec::with_capacity(self.lines.len() + self.len() * 24);
+            let mut starts = Vec::with_capacity(self.len() + 1);
+            for i in 0..self.len() {
+                starts.push(bytes.len());
+                let tags = String::from_utf8_lossy(self.tags(i));
+                let json = ws_json(&tags, self.data(i));
+                crate::wsframe::append_text(&mut bytes, json.as_bytes());
+            }
+            starts.push(bytes.len());
+            Encoded { bytes, starts }
+        })
     }
 
     /// The TCP delivery line of message `i`, newline included.
     pub fn line(&self, i: usize) -> &[u8] {
-        &self.lines[self.starts[i]..self.starts[i + 1]]
+        self.lines.bytes(self.lines.span(i..i + 1))
     }
 
     /// The normalised tags of message `i`, comma-joined.
     pub fn tags(&self, i: usize) -> &[u8] {
-        &self.lines[self.starts[i] + PREFIX.len()..self.tags_ends[i]]
+        &self.lines.bytes[self.lines.starts[i] + PREFIX.len()..self.tags_ends[i]]
     }
 
     /// The data of message `i`, untouched.
     pub fn data(&self, i: usize) -> &[u8] {
-        &self.lines[self.tags_ends[i] + 1..self.starts[i + 1] - 1]
+        &self.lines.bytes[self.tags_ends[i] + 1..self.lines.starts[i + 1] - 1]
     }
+}
 
-    /// The WebSocket delivery frame of message `i`, encoded on first call and shared after.
-    pub fn ws_frame(&self, i: usize) -> Arc<WsFrame> {
-        let table = self
-            .ws
-            .get_or_init(|| (0..self.len()).map(|_| OnceLock::new()).collect());
-        Arc::clone(table[i].get_or_init(|| {
-            let tags = String::from_utf8_lossy(self.tags(i)).into_owned();
-            let json = ws_json(&tags, self.data(i));
-            Arc::new(WsFrame {
-                tags: tags.into_boxed_str(),
-                frame: crate::wsframe::text(json.as_bytes()).into_boxed_slice(),
-            })
-        }))
+/// The tags of a WebSocket delivery frame (`{"keys":[...],...}`), comma-joined; `None` when the
+/// bytes are not one whole delivery frame. Used only when deliveries are revoked.
+pub fn frame_tags(frame: &[u8]) -> Option<String> {
+    let (payload, rest) = crate::wsframe::split_text(frame)?;
+    if !rest.is_empty() {
+        return None;
     }
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let keys: Vec<&str> = value
+        .get("keys")?
+        .as_array()?
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Option<_>>()?;
+    Some(keys.join(","))
 }
 
 /// `{"keys":["a","b"],"data":"DATA"}`; bytes of the data that are not UTF-8 become U+FFFD.
@@ -193,11 +215,12 @@ mod tests {
         assert_eq!(b.len(), 3);
         assert_eq!(b.line(0), b"publish a,b hello world\n");
         assert_eq!(b.line(1), b"publish a \n");
+        let l = b.lines();
         assert_eq!(
-            b.bytes(b.span(0..3)),
+            l.bytes(l.span(0..3)),
             b"publish a,b hello world\npublish a \npublish c x\n"
         );
-        assert_eq!(b.bytes(b.span(1..2)), b"publish a \n");
+        assert_eq!(l.bytes(l.span(1..2)), b"publish a \n");
         assert_eq!(b.tags(0), b"a,b");
         assert_eq!(b.data(0), b"hello world");
         assert_eq!(b.data(1), b"");
@@ -225,12 +248,21 @@ mod tests {
     }
 
     #[test]
-    fn ws_frame_is_built_once_and_shared() {
+    fn frames_are_built_once_and_lie_back_to_back() {
         let b = batch();
-        let f1 = b.ws_frame(2);
-        let f2 = b.ws_frame(2);
-        assert!(Arc::ptr_eq(&f1, &f2));
-        assert_eq!(f1.bytes(), b"\x81\x19{\"keys\":[\"c\"],\"data\":\"x\"}");
-        assert_eq!(f1.tags(), "c");
+        assert_eq!(b.size(), 47, "no frames before they are needed");
+        let f = b.frames();
+        assert!(std::ptr::eq(f, b.frames()), "encoded once");
+        let third = f.bytes(f.span(2..3));
+        assert_eq!(third, b"\x81\x19{\"keys\":[\"c\"],\"data\":\"x\"}");
+        assert_eq!(frame_tags(third).as_deref(), Some("c"));
+        let two = f.bytes(f.span(1..3));
+        assert!(two.ends_with(third));
+        assert_eq!(
+            frame_tags(&two[..two.len() - third.len()]).as_deref(),
+            Some("a")
+        );
+        assert_eq!(b.size(), 47 + f.len());
+        assert_eq!(frame_tags(b"nonsense"), None);
     }
 }

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub revocations: AtomicU64,
     pub write_timeouts: AtomicU64,
     pub errors_sent: AtomicU64,
+    pub pacing_waits: AtomicU64,
+    pub pacing_gave_up: AtomicU64,
 }
 
 /// Adds to a counter.
@@ -115,6 +117,18 @@ impl Metrics {
             "counter",
             "Connections closed because the peer stopped reading.",
             &[("", g(&self.write_timeouts))],
+        );
+        metric(
+            "mist_pacing_waits_total",
+            "counter",
+            "Times a publisher waited for a subscriber that was behind but draining fast.",
+            &[("", g(&self.pacing_waits))],
+        );
+        metric(
+            "mist_pacing_gave_up_total",
+            "counter",
+            "Waits that ended at publisher_pacing with the subscriber still behind.",
+            &[("", g(&self.pacing_gave_up))],
         );
         metric(
             "mist_errors_sent_total",

@@ -21,7 +21,7 @@
 //!   dropped only when the queue is at `max_msgs` messages or `max_bytes` bytes.
 
 use crate::line;
-use crate::message::{Batch, WsFrame};
+use crate::message::{Batch, Encoded, frame_tags};
 use crate::metrics::{self, Metrics};
 use crate::wsframe;
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -32,7 +32,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::Range;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The wire format of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,59 +55,55 @@ pub struct Limits {
     /// The most bytes one queued delivery item can be charged: a batch's buffer holds at most
     /// one read of the connection (see `framing.rs`).
     pub max_item_bytes: usize,
+    /// The longest a publisher waits per batch for a subscriber that is behind but draining
+    /// fast (see [`Outbound::pace`]); zero turns pacing off.
+    pub pacing: Duration,
 }
 
 /// One queued thing to write. Deliveries are counted against the limits (`msgs` messages,
 /// `charge` bytes: the memory the item keeps alive) and may be dropped when the queue is full;
 /// `Bytes` are replies, notices and control frames, never dropped.
 enum Item {
-    /// TCP deliveries: consecutive lines of a batch, shared with the run's other subscribers.
+    /// Consecutive messages of a batch, in the connection's wire format, shared with the
+    /// run's other subscribers.
     Run {
         batch: Arc<Batch>,
         span: Range<usize>,
         msgs: usize,
         charge: usize,
     },
-    /// TCP deliveries copied out of a batch, because they are too small a part of it to keep
-    /// the whole batch alive for.
-    Lines {
+    /// Messages copied out of a batch, because they are too small a part of it to keep the
+    /// whole batch alive for.
+    Copy {
         bytes: Box<[u8]>,
         msgs: usize,
-    },
-    /// WebSocket deliveries: one shared frame per message.
-    Frames {
-        frames: Vec<Arc<WsFrame>>,
-        charge: usize,
     },
     Bytes(Box<[u8]>),
 }
 
+/// A batch's messages in the wire format of `transport`.
+fn encoded(batch: &Batch, transport: Transport) -> &Encoded {
+    match transport {
+        Transport::Tcp => batch.lines(),
+        Transport::WebSocket => batch.frames(),
+    }
+}
+
 impl Item {
-    /// Bytes on the wire.
-    fn len(&self) -> usize {
+    /// The bytes on the wire.
+    fn bytes(&self, transport: Transport) -> &[u8] {
         match self {
-            Item::Run { span, .. } => span.len(),
-            Item::Lines { bytes, .. } | Item::Bytes(bytes) => bytes.len(),
-            Item::Frames { charge, .. } => *charge,
+            Item::Run { batch, span, .. } => encoded(batch, transport).bytes(span.clone()),
+            Item::Copy { bytes, .. } | Item::Bytes(bytes) => bytes,
         }
     }
 
-    /// Appends the item's slices to `iov`, skipping the first `skip` bytes. Returns false when
-    /// `iov` is full.
-    fn push_slices<'a>(&'a self, iov: &mut Vec<IoSlice<'a>>, skip: &mut usize) -> bool {
-        let mut push = |s: &'a [u8]| {
-            if *skip >= s.len() {
-                *skip -= s.len();
-                return true;
-            }
-            iov.push(IoSlice::new(&s[*skip..]));
-            *skip = 0;
-            iov.len() < IOV_MAX
-        };
+    /// Messages and bytes counted against the queue's limits.
+    fn budget(&self) -> (usize, usize) {
         match self {
-            Item::Run { batch, span, .. } => push(batch.bytes(span.clone())),
-            Item::Lines { bytes, .. } | Item::Bytes(bytes) => push(bytes),
-            Item::Frames { frames, .. } => frames.iter().all(|f| push(f.bytes())),
+            Item::Run { msgs, charge, .. } => (*msgs, *charge),
+            Item::Copy { bytes, msgs } => (*msgs, bytes.len()),
+            Item::Bytes(_) => (0, 0),
         }
     }
 }
@@ -135,6 +131,10 @@ struct State {
     closing: bool,
     /// Done: nothing more is written and the writer thread exits.
     closed: bool,
+    /// When a write last delivered messages, and how fast that write drained the queue
+    /// (messages per second, including the time it waited for the socket).
+    progress_at: Option<Instant>,
+    drain_rate: f64,
     /// The socket, until the connection is closed. Publishers may keep an `Outbound` in a
     /// match cache after its client left; dropping the socket here lets its descriptor close.
     sock: Option<Arc<TcpStream>>,
@@ -214,32 +214,24 @@ impl Outbound {
     /// it has queued everything (and after releasing any broker lock). Returns how many were
     /// queued.
     pub fn enqueue(&self, batch: &Arc<Batch>, run: Range<usize>) -> u64 {
-        let frames: Vec<Arc<WsFrame>> = match self.transport {
-            // Encoded before taking the lock: the writer may want it meanwhile.
-            Transport::WebSocket => run.clone().map(|i| batch.ws_frame(i)).collect(),
-            Transport::Tcp => Vec::new(),
-        };
+        // Encoded before taking the lock (the first WebSocket subscriber of a batch pays for
+        // its frames), so the writer is never kept waiting on it.
+        let enc = encoded(batch, self.transport);
         let mut st = self.state.lock();
         if st.closed || st.closing {
             return 0;
         }
         let wanted = run.len();
         let fits = wanted.min(self.limits.max_msgs.saturating_sub(st.msgs));
-        let item = match self.transport {
-            Transport::Tcp => self.tcp_item(&st, batch, run.start, fits),
-            Transport::WebSocket => self.ws_item(&st, frames, fits),
-        };
-        let queued = item.as_ref().map_or(0, |(_, n)| *n);
-        if let Some((item, msgs)) = item {
+        let item = self.item(&st, batch, enc, run.start, fits);
+        let queued = item.as_ref().map_or(0, |it| it.budget().0);
+        if let Some(item) = item {
             if st.dropped > 0 {
                 self.push_notice(&mut st);
             }
+            let (msgs, bytes) = item.budget();
             st.msgs += msgs;
-            st.bytes += match &item {
-                Item::Run { charge, .. } | Item::Frames { charge, .. } => *charge,
-                Item::Lines { bytes, .. } => bytes.len(),
-                Item::Bytes(_) => unreachable!("deliveries only"),
-            };
+            st.bytes += bytes;
             st.queue.push_back(item);
         }
         let dropped = (wanted - queued) as u64;
@@ -253,68 +245,39 @@ impl Outbound {
     }
 
     /// The item for the first `fits` messages from `first`, or fewer when the byte budget is
-    /// short, with how many it holds. A run that is a good part of its batch shares the
-    /// batch's buffer and is charged all of it (that is what it keeps alive); a smaller one is
-    /// copied and charged its own size.
-    fn tcp_item(
+    /// short. A run that is a good part of its batch shares the batch and is charged all of
+    /// it (that is what it keeps alive); a smaller one is copied and charged its own size.
+    fn item(
         &self,
         st: &State,
         batch: &Arc<Batch>,
+        enc: &Encoded,
         first: usize,
         fits: usize,
-    ) -> Option<(Item, usize)> {
+    ) -> Option<Item> {
         if fits == 0 {
             return None;
         }
         let room = self.limits.max_bytes.saturating_sub(st.bytes);
-        let span = batch.span(first..first + fits);
-        if span.len() * 4 >= batch.size() && batch.size() <= room {
-            let charge = batch.size();
-            return Some((
-                Item::Run {
-                    batch: Arc::clone(batch),
-                    span,
-                    msgs: fits,
-                    charge,
-                },
-                fits,
-            ));
+        let span = enc.span(first..first + fits);
+        let size = batch.size();
+        if span.len() * 4 >= size && size <= room {
+            return Some(Item::Run {
+                batch: Arc::clone(batch),
+                span,
+                msgs: fits,
+                charge: size,
+            });
         }
         // As many as fit in the bytes left, copied.
         let mut n = fits;
-        while n > 0 && batch.span(first..first + n).len() > room {
+        while n > 0 && enc.span(first..first + n).len() > room {
             n -= 1;
         }
-        if n == 0 {
-            return None;
-        }
-        let bytes = batch.bytes(batch.span(first..first + n)).into();
-        Some((Item::Lines { bytes, msgs: n }, n))
-    }
-
-    /// The item for the first `fits` frames, or fewer when the byte budget is short.
-    fn ws_item(
-        &self,
-        st: &State,
-        mut frames: Vec<Arc<WsFrame>>,
-        fits: usize,
-    ) -> Option<(Item, usize)> {
-        let room = self.limits.max_bytes.saturating_sub(st.bytes);
-        frames.truncate(fits);
-        let mut charge = 0;
-        let n = frames
-            .iter()
-            .take_while(|f| {
-                charge += f.bytes().len();
-                charge <= room
-            })
-            .count();
-        frames.truncate(n);
-        if n == 0 {
-            return None;
-        }
-        let charge = frames.iter().map(|f| f.bytes().len()).sum();
-        Some((Item::Frames { frames, charge }, n))
+        (n > 0).then(|| Item::Copy {
+            bytes: enc.bytes(enc.span(first..first + n)).into(),
+            msgs: n,
+        })
     }
 
     /// Queues a reply (never dropped) and writes it out if the socket is free. Returns false
@@ -362,11 +325,13 @@ impl Outbound {
         drop(st);
 
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        let started = Instant::now();
         let (done, offset, outcome) = self.write_items(&sock, &batch, offset, flags);
         drop(sock);
 
         let mut st = self.state.lock();
         st.busy = false;
+        note_progress(&mut st, started, &batch, done);
         self.account(&mut st, batch.drain(..done));
         if st.closed {
             self.account(&mut st, batch.drain(..));
@@ -420,6 +385,51 @@ impl Outbound {
         st.closed = true;
         self.work.notify_all();
         self.drained.notify_all();
+    }
+
+    /// Flow control for subscribers that keep up: waits, at most `pacing` after `since`, while
+    /// this client's queue is more than half full but draining fast enough to be down to a
+    /// quarter in the time left. Returns at once for a client that drains slowly or not at all,
+    /// so a slow subscriber never makes a publisher wait: its newer messages are dropped
+    /// instead. Called by a publisher after it has queued and flushed a batch, holding no lock.
+    pub fn pace(&self, since: Instant) {
+        if self.limits.pacing.is_zero() {
+            return;
+        }
+        let deadline = since + self.limits.pacing;
+        let (max_msgs, max_bytes) = (self.limits.max_msgs, self.limits.max_bytes);
+        let mut st = self.state.lock();
+        if st.msgs <= max_msgs / 2 && st.bytes <= max_bytes / 2 {
+            return;
+        }
+        let mut waited = false;
+        loop {
+            if st.closed || (st.msgs <= max_msgs / 4 && st.bytes <= max_bytes / 4) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if waited {
+                    metrics::add(&self.metrics.pacing_gave_up, 1);
+                }
+                return;
+            }
+            // Recent progress at a pace that clears the backlog in time, or it is not worth
+            // waiting for.
+            let left = (deadline - now).as_secs_f64();
+            let backlog = st.msgs.saturating_sub(max_msgs / 4) as f64;
+            let recent = st
+                .progress_at
+                .is_some_and(|at| now - at < self.limits.pacing);
+            if !recent || st.drain_rate * left < backlog {
+                return;
+            }
+            if !waited {
+                waited = true;
+                metrics::add(&self.metrics.pacing_waits, 1);
+            }
+            self.drained.wait_until(&mut st, deadline);
+        }
     }
 
     /// Marks the connection for closing once everything queued is written, after `last` (for
@@ -486,21 +496,34 @@ impl Outbound {
         if st.closed || st.closing {
             return;
         }
+        debug_assert_eq!(self.transport, Transport::WebSocket);
         // The head may be partly written when no thread is busy; it has to stay whole.
         let keep_head = usize::from(st.head_done > 0);
-        let mut queue = std::mem::take(&mut st.queue);
-        for item in queue.iter_mut().skip(keep_head) {
-            if let Item::Frames { frames, charge } = item {
-                let before = frames.len();
-                frames.retain(|f| keep(f.tags()));
-                let kept: usize = frames.iter().map(|f| f.bytes().len()).sum();
-                st.msgs -= before - frames.len();
-                st.bytes -= *charge - kept;
-                *charge = kept;
+        let queue = std::mem::take(&mut st.queue);
+        let mut kept = VecDeque::with_capacity(queue.len());
+        for (i, item) in queue.into_iter().enumerate() {
+            if i < keep_head || matches!(item, Item::Bytes(_)) {
+                kept.push_back(item);
+                continue;
+            }
+            let (msgs, charge) = item.budget();
+            let (frames, n) = keep_frames(item.bytes(self.transport), &keep);
+            if n == msgs {
+                kept.push_back(item);
+                continue;
+            }
+            st.msgs -= msgs;
+            st.bytes -= charge;
+            if n > 0 {
+                st.msgs += n;
+                st.bytes += frames.len();
+                kept.push_back(Item::Copy {
+                    bytes: frames.into_boxed_slice(),
+                    msgs: n,
+                });
             }
         }
-        queue.retain(|item| !matches!(item, Item::Frames { frames, .. } if frames.is_empty()));
-        st.queue = queue;
+        st.queue = kept;
         st.replies += notice.len();
         st.queue.push_back(Item::Bytes(notice.into_boxed_slice()));
         drop(st);
@@ -519,10 +542,10 @@ impl Outbound {
         let mut kept = VecDeque::new();
         let mut gone = Vec::new();
         for (i, item) in old.into_iter().enumerate() {
-            match item {
-                Item::Bytes(_) => kept.push_back(item),
-                delivery if i < keep_head => kept.push_back(delivery),
-                delivery => gone.push(delivery),
+            if i < keep_head || matches!(item, Item::Bytes(_)) {
+                kept.push_back(item);
+            } else {
+                gone.push(item);
             }
         }
         self.account(&mut st, gone.into_iter());
@@ -561,11 +584,13 @@ impl Outbound {
             st.busy = true;
             drop(st);
 
+            let started = Instant::now();
             let (done, _, outcome) = self.write_items(&sock, &batch, offset, libc::MSG_NOSIGNAL);
             drop(sock);
 
             let mut st = self.state.lock();
             st.busy = false;
+            note_progress(&mut st, started, &batch, done);
             self.account(&mut st, batch.drain(..done));
             if st.closed {
                 self.account(&mut st, batch.drain(..));
@@ -612,12 +637,13 @@ impl Outbound {
         let mut iov: Vec<IoSlice<'_>> = Vec::new();
         while done < items.len() {
             iov.clear();
-            let mut skip = offset;
-            for item in items.range(done..) {
-                if !item.push_slices(&mut iov, &mut skip) {
-                    break;
-                }
-            }
+            iov.push(IoSlice::new(&items[done].bytes(self.transport)[offset..]));
+            iov.extend(
+                items
+                    .range(done + 1..)
+                    .take(IOV_MAX - 1)
+                    .map(|it| IoSlice::new(it.bytes(self.transport))),
+            );
             match sock.send_vectored_with_flags(&iov, flags) {
                 Ok(0) => {
                     return (
@@ -628,7 +654,7 @@ impl Outbound {
                 }
                 Ok(mut n) => {
                     while n > 0 {
-                        let left = items[done].len() - offset;
+                        let left = items[done].bytes(self.transport).len() - offset;
                         if n >= left {
                             n -= left;
                             done += 1;
@@ -653,22 +679,15 @@ impl Outbound {
     fn account(&self, st: &mut State, gone: impl Iterator<Item = Item>) {
         for item in gone {
             match item {
-                Item::Run { msgs, charge, .. } => {
-                    st.msgs -= msgs;
-                    st.bytes -= charge;
-                }
-                Item::Lines { bytes, msgs } => {
-                    st.msgs -= msgs;
-                    st.bytes -= bytes.len();
-                }
-                Item::Frames { frames, charge } => {
-                    st.msgs -= frames.len();
-                    st.bytes -= charge;
-                }
                 Item::Bytes(b) => st.replies -= b.len(),
+                delivery => {
+                    let (msgs, bytes) = delivery.budget();
+                    st.msgs -= msgs;
+                    st.bytes -= bytes;
+                }
             }
         }
-        if st.replies <= self.limits.reply_backlog {
+        if st.replies <= self.limits.reply_backlog || st.msgs <= self.limits.max_msgs / 4 {
             self.drained.notify_all();
         }
     }
@@ -719,4 +738,37 @@ impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Outbound({}, {:?})", self.peer, self.transport)
     }
+}
+
+/// Records that a write started at `started` delivered the first `done` items of `batch`.
+fn note_progress(st: &mut State, started: Instant, batch: &VecDeque<Item>, done: usize) {
+    let msgs: usize = batch.range(..done).map(|it| it.budget().0).sum();
+    if msgs == 0 {
+        return;
+    }
+    let now = Instant::now();
+    let secs = (now - started).as_secs_f64().max(1e-6);
+    let rate = msgs as f64 / secs;
+    // Smoothed a little, so one lucky write does not decide alone.
+    st.drain_rate = if st.progress_at.is_some() {
+        (st.drain_rate + rate) / 2.0
+    } else {
+        rate
+    };
+    st.progress_at = Some(now);
+}
+
+/// The frames of `bytes` (server text frames, back to back) whose tags `keep` accepts, and how
+/// many they are.
+fn keep_frames(mut bytes: &[u8], keep: &impl Fn(&str) -> bool) -> (Vec<u8>, usize) {
+    let (mut kept, mut n) = (Vec::new(), 0);
+    while let Some((_, rest)) = wsframe::split_text(bytes) {
+        let frame = &bytes[..bytes.len() - rest.len()];
+        if frame_tags(frame).is_some_and(|tags| keep(&tags)) {
+            kept.extend_from_slice(frame);
+            n += 1;
+        }
+        bytes = rest;
+    }
+    (kept, n)
 }

@@ -20,11 +20,17 @@ use std::time::Duration;
 /// them except JSON parsing, which `serde_json` bounds at 128 levels. Small stacks are what let
 /// 10,000 connections (20,000 threads) fit in a small host's memory.
 pub const CONN_STACK: usize = 128 * 1024;
-/// WebSocket readers parse JSON, so they get a little more.
-pub const WS_STACK: usize = 256 * 1024;
-
-/// How long a write may make no progress before the peer is given up as gone.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// WebSocket readers parse JSON, so they get more. serde_json stops at 128 levels of nesting,
+/// and parsing that deep takes under 48 KiB of stack in a release build, so 256 KiB leaves
+/// ample room for the rest of the thread. An unoptimised (debug) build needs about 224 KiB for
+/// the parse alone, and overflowed 256 KiB, aborting the whole process, on a frame of deeply
+/// nested JSON; it gets 1 MiB. Stack memory is only committed as it is touched, so the size
+/// costs address space, not resident memory. `tests/it/hostile.rs` sends such frames.
+pub const WS_STACK: usize = if cfg!(debug_assertions) {
+    1024 * 1024
+} else {
+    256 * 1024
+};
 
 /// What every connection shares. Cheap to reach through `Arc<Context>`.
 pub struct Context {
@@ -81,12 +87,19 @@ impl Context {
         Limits {
             max_msgs: self.config.client_queue,
             max_bytes: self.config.client_queue_bytes,
-            write_timeout: WRITE_TIMEOUT,
+            write_timeout: self.write_timeout(),
             // Enough for the longest reply to a line command, twice.
             reply_backlog: 2 * self.config.max_line_bytes.max(64 * 1024),
             // A batch is at most one read buffer: a longest line, or the bulk read size.
             max_item_bytes: crate::framing::max_buffer(self.config.max_line_bytes),
+            pacing: Duration::from_millis(self.config.publisher_pacing),
         }
+    }
+
+    /// How long a write to a client may make no progress before the client is given up as
+    /// gone (`write_timeout`).
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.write_timeout)
     }
 
     /// True once shutdown has begun.
@@ -192,8 +205,6 @@ impl Server {
         let tcp_addr = tcp.local_addr().expect("bound sockets have an address");
         let http_addr = http.local_addr().expect("bound sockets have an address");
         let ctx = Context::new(config, store);
-        log::info!("listening for TCP clients on {tcp_addr}");
-        log::info!("listening for HTTP and WebSocket clients on {http_addr}");
         let acceptors = vec![
             spawn_acceptor("mist-accept-tcp", tcp, Arc::clone(&ctx), crate::tcp::accept),
             spawn_acceptor(
@@ -203,6 +214,10 @@ impl Server {
                 crate::http::accept,
             ),
         ];
+        // Only now: once these lines are logged, the server is complete (the accept threads
+        // run), which is what a supervisor or a test watching the log waits for.
+        log::info!("listening for TCP clients on {tcp_addr}");
+        log::info!("listening for HTTP and WebSocket clients on {http_addr}");
         Ok(Server {
             ctx,
             tcp_addr,
@@ -317,14 +332,48 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Idle time before the first keepalive probe.
+pub const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
+/// Time between keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes after which the kernel drops the connection: a peer that vanished
+/// (unplugged, rebooted, behind a NAT that forgot it) is noticed within about two minutes.
+pub const KEEPALIVE_RETRIES: u32 = 6;
+
 /// Sets the options every client socket gets: no Nagle delay (replies and deliveries are
-/// already batched), keepalive (to notice peers that vanished), and the write timeout.
-pub fn configure_socket(stream: &TcpStream) -> io::Result<()> {
+/// already batched), keepalive (to notice peers that vanished), and the write timeout (a
+/// blocking write that makes no progress for that long fails, and the peer is given up).
+pub fn configure_socket(stream: &TcpStream, write_timeout: Duration) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_write_timeout(Some(write_timeout))?;
     let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(6);
+        .with_time(KEEPALIVE_TIME)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The options are really set on the socket, as the kernel reports them back.
+    #[test]
+    fn client_sockets_get_keepalive_nodelay_and_the_write_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let sock = socket2::SockRef::from(&server_side);
+        assert!(!sock.keepalive().unwrap());
+        configure_socket(&server_side, Duration::from_secs(7)).unwrap();
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_TIME);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+        assert!(server_side.nodelay().unwrap());
+        assert_eq!(
+            server_side.write_timeout().unwrap(),
+            Some(Duration::from_secs(7))
+        );
+    }
 }

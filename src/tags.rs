@@ -221,9 +221,48 @@ pub fn check_list(list: &[u8], max_tags: usize) -> Result<bool, TagError> {
     Ok(false)
 }
 
+/// Strategies for the property tests of everything that carries tags and tokens.
+#[cfg(test)]
+pub(crate) mod strategy {
+    use proptest::prelude::*;
+
+    /// A valid tag: often one of a few short ones (so lists repeat tags and sets overlap),
+    /// otherwise any allowed characters (multi-byte and C1 controls included), sometimes at
+    /// the 255-byte limit.
+    pub fn tag() -> impl Strategy<Value = String> {
+        const SHORT: [&str; 6] = ["a", "b", "c", "é", "a]", "\u{85}"];
+        prop_oneof![
+            3 => prop::sample::select(&SHORT[..]).prop_map(String::from),
+            3 => "[^ ,\\x00-\\x1f\\x7f]{1,63}",
+            1 => "[a-z]{250,255}",
+        ]
+    }
+
+    /// A tag list as a client may send it: up to `max` tags, some repeated, in any order.
+    pub fn tag_list(max: usize) -> impl Strategy<Value = Vec<String>> {
+        let tags = prop::collection::vec(tag(), 1..=max);
+        let repeats = prop::collection::vec(any::<prop::sample::Index>(), 0..4);
+        (tags, repeats)
+            .prop_map(|(mut tags, repeats)| {
+                for r in repeats {
+                    tags.push(r.get(&tags).clone());
+                }
+                tags
+            })
+            .prop_shuffle()
+    }
+
+    /// A valid token: no whitespace or control character, up to 255 bytes.
+    pub fn token() -> impl Strategy<Value = String> {
+        prop_oneof!["[^\\s\\p{Cc}]{1,63}", "[a-z0-9,]{250,255}"]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     fn set(s: &str) -> TagSet {
         TagSet::parse(s.as_bytes(), 32).unwrap()
@@ -300,5 +339,79 @@ mod tests {
         assert!(validate_token(&[b't'; 255]).is_ok());
         // Commas are fine in tokens: only whitespace separates words.
         assert!(validate_token(b"a,b").is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any valid list, shuffled and with repeats, parses to its sorted, de-duplicated set
+        /// (or is refused for having too many distinct tags); the set's wire form parses to
+        /// the same set; `check_list` and `from_strs` agree with `parse`.
+        #[test]
+        fn valid_lists_parse_to_the_sorted_set(
+            list in strategy::tag_list(40),
+            max_tags in 1..=40usize,
+        ) {
+            let joined = list.join(",");
+            let want: BTreeSet<&str> = list.iter().map(String::as_str).collect();
+            let parsed = TagSet::parse(joined.as_bytes(), max_tags);
+            prop_assert_eq!(&TagSet::from_strs(&list, max_tags), &parsed);
+            if want.len() > max_tags {
+                prop_assert_eq!(parsed, Err(TagError::TooMany(max_tags)));
+                prop_assert_eq!(check_list(joined.as_bytes(), max_tags), Err(TagError::TooMany(max_tags)));
+                return Ok(());
+            }
+            let set = parsed.unwrap();
+            prop_assert_eq!(set.iter().collect::<Vec<_>>(), want.iter().copied().collect::<Vec<_>>());
+            prop_assert_eq!(set.len(), want.len());
+            prop_assert_eq!(&TagSet::parse(set.as_str().as_bytes(), max_tags).unwrap(), &set);
+            prop_assert_eq!(check_list(set.as_str().as_bytes(), max_tags), Ok(true));
+            prop_assert_eq!(
+                check_list(joined.as_bytes(), max_tags),
+                Ok(joined == set.as_str())
+            );
+            for tag in &list {
+                prop_assert!(set.contains(tag));
+            }
+        }
+
+        /// On near-valid bytes (separators, forbidden and non-UTF-8 bytes mixed in),
+        /// `check_list` accepts exactly what `TagSet::parse` accepts, with the same error
+        /// otherwise, and calls a list normalised exactly when it is the set's wire form.
+        #[test]
+        fn check_list_agrees_with_parse(
+            bytes in prop::collection::vec(
+                prop::sample::select(&b"abc,,, \x00\x1f\x7f\xc3\xa9\xff"[..]),
+                0..24,
+            ),
+            max_tags in 1..=4usize,
+        ) {
+            match (check_list(&bytes, max_tags), TagSet::parse(&bytes, max_tags)) {
+                (Ok(normalised), Ok(set)) => {
+                    prop_assert_eq!(normalised, bytes == set.as_str().as_bytes());
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "check_list {:?}, parse {:?}", a, b),
+            }
+        }
+
+        /// `is_subset_of` and `contains` are the set operations.
+        #[test]
+        fn subset_is_set_inclusion(a in strategy::tag_list(4), b in strategy::tag_list(6)) {
+            let (sa, sb) = (TagSet::from_strs(&a, 32).unwrap(), TagSet::from_strs(&b, 32).unwrap());
+            let (ma, mb): (BTreeSet<&String>, BTreeSet<&String>) = (a.iter().collect(), b.iter().collect());
+            prop_assert_eq!(sa.is_subset_of(&sb), ma.is_subset(&mb));
+            prop_assert_eq!(sb.is_subset_of(&sa), mb.is_subset(&ma));
+            prop_assert!(sa.is_subset_of(&sa));
+            for t in &b {
+                prop_assert_eq!(sa.contains(t), ma.contains(t));
+            }
+        }
+
+        /// The token strategy makes only valid tokens, and they come back unchanged.
+        #[test]
+        fn valid_tokens_pass(token in strategy::token()) {
+            prop_assert_eq!(validate_token(token.as_bytes()), Ok(token.as_str()));
+        }
     }
 }

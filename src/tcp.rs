@@ -51,7 +51,7 @@ fn refuse(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
 /// The connection's reader thread.
 fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     log::debug!("{peer}: connected");
-    if let Err(e) = server::configure_socket(&stream) {
+    if let Err(e) = server::configure_socket(&stream, ctx.write_timeout()) {
         log::warn!("{peer}: cannot set socket options: {e}");
     }
     let sock = Arc::new(stream);
@@ -192,6 +192,10 @@ impl Session {
                 Err(e) => self.store_result(Err(e)),
             },
             Command::Publish { .. } => unreachable!("publish is batched by handle_line"),
+            // The fault hook of debug builds (see `line::Command::DebugPanic`): the unwinding
+            // drops the session, which gives everything back, as any panic here would.
+            #[cfg(debug_assertions)]
+            Command::DebugPanic => panic!("debug-panic requested by the client"),
         }
     }
 

@@ -227,4 +227,74 @@ mod tests {
             r#"{"success":true,"command":"unsubscribe","tags":["a","b"],"reason":"access revoked"}"#
         );
     }
+
+    use crate::tags::strategy;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Every command, with any valid tags (shuffled, repeated) and extra fields, sent as
+        /// JSON parses to the command with the normalised set.
+        #[test]
+        fn commands_round_trip(
+            name in prop::sample::select(&KNOWN[..]),
+            tags in strategy::tag_list(32),
+            extra in prop::option::of(any::<String>()),
+        ) {
+            let mut frame = json!({ "command": name, "tags": tags });
+            if let Some(extra) = extra {
+                frame["extra"] = json!(extra);
+            }
+            let set = TagSet::from_strs(&tags, 32).unwrap();
+            let want = match name {
+                "ping" => WsCommand::Ping,
+                "list" => WsCommand::List,
+                "subscribe" => WsCommand::Subscribe(set),
+                _ => WsCommand::Unsubscribe(set),
+            };
+            let got = parse(&frame.to_string(), 32).unwrap();
+            prop_assert_eq!(got.name(), name);
+            prop_assert_eq!(got, want);
+        }
+
+        /// Whatever the frame, `parse` does not panic; a refusal's reply is a JSON failure
+        /// carrying the reason and the command name when it is known.
+        #[test]
+        fn failures_reply_with_json(
+            text in prop_oneof![
+                any::<String>(),
+                "\\{\"command\":\"(ping|list|subscribe|unsubscribe|x)\",\"tags\":\\[(\"[a-c ,]{0,3}\",?|1,|null,){0,4}\\]\\}",
+            ],
+            max_tags in 1..=3usize,
+        ) {
+            let Err(e) = parse(&text, max_tags) else {
+                return Ok(());
+            };
+            let reply: serde_json::Value = serde_json::from_str(&e.reply()).unwrap();
+            prop_assert_eq!(&reply["success"], &json!(false));
+            prop_assert_eq!(&reply["error"], &json!(e.reason));
+            match e.command {
+                Some(c) => prop_assert_eq!(&reply["command"], &json!(c)),
+                None => prop_assert!(reply.get("command").is_none()),
+            }
+        }
+
+        /// The replies that carry tags are JSON with the tags as sent: `list` sorted as on
+        /// TCP, the revocation notice with the set's tags.
+        #[test]
+        fn tag_replies_are_json(lists in prop::collection::vec(strategy::tag_list(4), 0..5)) {
+            let sets: Vec<TagSet> = lists.iter().map(|l| TagSet::from_strs(l, 32).unwrap()).collect();
+            let reply: serde_json::Value = serde_json::from_str(&list(&sets)).unwrap();
+            let mut want: Vec<&TagSet> = sets.iter().collect();
+            want.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            let want: Vec<Vec<&str>> = want.iter().map(|s| s.iter().collect()).collect();
+            prop_assert_eq!(&reply["subscriptions"], &json!(want));
+            for set in &sets {
+                let notice: serde_json::Value = serde_json::from_str(&revoked(set)).unwrap();
+                prop_assert_eq!(&notice["tags"], &json!(set.iter().collect::<Vec<_>>()));
+            }
+        }
+    }
 }

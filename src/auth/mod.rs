@@ -326,5 +326,18 @@ mod tests {
         assert!(!secrets_equal(b"abc", b"ab"));
         assert!(!secrets_equal(b"", b"a"));
         assert!(secrets_equal(b"", b""));
+        // The shorter side is padded with zero bytes while comparing; the lengths must still
+        // decide, or a secret could be matched with NUL bytes appended or cut off.
+        assert!(!secrets_equal(b"abc", b"abc\0"));
+        assert!(!secrets_equal(b"abc\0\0", b"abc"));
+        assert!(!secrets_equal(b"", b"\0"));
+        // A difference anywhere counts, including the last byte of a long secret.
+        let secret = [b'k'; 255];
+        for i in 0..secret.len() {
+            let mut other = secret;
+            other[i] ^= 0x80;
+            assert!(!secrets_equal(&secret, &other), "difference at {i}");
+        }
+        assert!(secrets_equal(&secret, &secret.clone()));
     }
 }

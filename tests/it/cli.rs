@@ -85,6 +85,11 @@ impl Proc {
         }
     }
 
+    /// The process id, for looking at the process in `/proc`.
+    pub(crate) fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
     /// Waits for the process to exit; fails the test if it takes longer than `within`.
     pub(crate) fn wait(&mut self, within: Duration) -> ExitStatus {
         if let Some(s) = self.status {

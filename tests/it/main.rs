@@ -7,6 +7,7 @@ mod support;
 mod bench;
 mod cli;
 mod config;
+mod hostile;
 mod matching;
 mod pg;
 mod smoke;
