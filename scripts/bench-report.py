@@ -106,6 +106,9 @@ def load_bench(name):
 
 e10k = load_bench("e10k.jsonl")
 stall = load_bench("stall.jsonl")
+isolation = load_bench("isolation.jsonl")
+wbench = load_bench("wbench.jsonl")
+connects = load_bench("connect.jsonl")
 
 S = {}
 for sc in ["A", "B", "C", "D0", "D", "D0L", "DL", "E", "F"]:
@@ -257,6 +260,45 @@ if stall:
         b_ = s["baseline"]
         p(f"| {i} | {num(s['publish_rate'])} / {num(b_['publish_rate'])} | {num(s['delivery_rate'])} / {num(b_['delivery_rate'])} | "
           f"{s['lost']} | {s['stalled_told']} of {s['stalled']} ({num(s['stalled_dropped_told'])}) |")
+    p()
+
+if wbench:
+    def wb(t, key):
+        return med([r[key] for r in wbench if r["transport"] == t and r.get(key) is not None])
+    t_rate, w_rate = wb("tcp", "delivery_rate"), wb("ws", "delivery_rate")
+    p("### W with mist bench's own clients\n")
+    p("`mist bench --scenario fanout --subs 100 --msgs 100000 --transport tcp|ws` (its WebSocket reader parses")
+    p("frames in place; pubbench's tungstenite client allocates per frame):\n")
+    p("| transport | deliveries/s | server CPU µs/delivery | client CPU s | lost (worst run) |")
+    p("|---|---:|---:|---:|---:|")
+    for t in ["tcp", "ws"]:
+        rs = [r for r in wbench if r["transport"] == t]
+        if rs:
+            p(f"| {t} | {num(wb(t, 'delivery_rate'))} | {num(wb(t, 'server_cpu_us_per_delivery'), 3)} | "
+              f"{num(wb(t, 'client_cpu_secs'), 2)} | {max(r['lost'] for r in rs)} |")
+    if t_rate and w_rate:
+        p(f"\nWebSocket / TCP delivery rate with these clients: **{w_rate / t_rate:.2f}×**.\n")
+if isolation:
+    pr = med([s.get("stall_publish_ratio") for s in isolation])
+    dr = med([s.get("stall_delivery_ratio") for s in isolation])
+    p("### Isolation: 50 subscribers with one stalled\n")
+    p("`mist bench --scenario fanout --subs 50 --stalled 1 --msgs 200000 --compare`, "
+      f"{len(isolation)} runs: with the stalled subscriber present, the publish rate is **{num(pr, 2)}×** and the")
+    p(f"delivery rate to the 50 **{num(dr, 2)}×** those of the same run without it (medians); the 50 lost "
+      f"{max(s['lost'] for s in isolation)} messages in the worst run; the stalled one was told of its losses in "
+      f"{sum(1 for s in isolation if s['stalled_told'] == 1)} of {len(isolation)} runs.\n")
+if connects:
+    p("### WebSocket connects per second, by token store\n")
+    p("`mist bench --scenario connect --conns 1000 --threads 50` (1,000 connections opened in a burst and kept open;")
+    p("each connect checks its token in the store):\n")
+    p("| token store | connects/s (median, min–max) | connected (worst run) | runs |")
+    p("|---|---:|---:|---:|")
+    for store in ["memory", "postgres"]:
+        rs = [c for c in connects if c.get("store") == store]
+        if rs:
+            lo, hi = spread([c["connects_per_sec"] for c in rs])
+            p(f"| {store} | {num(med([c['connects_per_sec'] for c in rs]))} ({num(lo)}–{num(hi)}) | "
+              f"{min(c['connected'] for c in rs)} of {rs[0]['conns']} | {len(rs)} |")
     p()
 
 for sc in ["A", "C"]:

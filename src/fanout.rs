@@ -111,9 +111,8 @@ impl Fanout {
             self.touched.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
         let flushed = Instant::now();
-        for out in &self.touched {
-            out.flush();
-        }
+        // Keep only the subscribers that are behind after their flush: the ones to pace.
+        self.touched.retain(|out| out.flush());
         // Subscribers that keep up but are behind get a moment to catch up (bounded, and never
         // for slow ones): publishers go at the speed deliveries are made, instead of losing
         // messages a healthy subscriber would have taken a millisecond later.

@@ -168,6 +168,9 @@ enum Outcome {
 /// Stack size of writer threads: they only move pointers and call `sendmsg`.
 const WRITER_STACK: usize = 128 * 1024;
 
+/// Writes of at most this many items build their slice list on the stack.
+const SMALL_IOV: usize = 8;
+
 /// The most slices handed to one `sendmsg` (Linux's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
 
@@ -313,35 +316,48 @@ impl Outbound {
 
     /// Writes what is queued without blocking, unless another thread is already writing. What
     /// the socket does not take is left to the writer thread.
-    pub fn flush(self: &Arc<Self>) {
+    ///
+    /// Returns true when the client is then more than half way to its limits, which is when
+    /// a publisher should consider [`pace`](Self::pace).
+    pub fn flush(self: &Arc<Self>) -> bool {
         let mut st = self.state.lock();
         if st.busy || st.closed || st.queue.is_empty() {
-            return;
+            return self.behind(&st);
         }
-        let Some(sock) = st.sock.clone() else { return };
+        let Some(sock) = st.sock.clone() else {
+            return false;
+        };
         st.busy = true;
         let mut batch = std::mem::take(&mut st.queue);
         let offset = std::mem::take(&mut st.head_done);
+        // A small queue that the socket takes at once is the common case, and pacing learns
+        // nothing from it: the clock is read only when there is a backlog to time.
+        let timed = st.msgs > self.limits.max_msgs / 4;
         drop(st);
 
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-        let started = Instant::now();
+        let started = timed.then(Instant::now);
         let (done, offset, outcome) = self.write_items(&sock, &batch, offset, flags);
         drop(sock);
 
         let mut st = self.state.lock();
         st.busy = false;
-        note_progress(&mut st, started, &batch, done);
+        if let Some(started) = started.filter(|_| done > 0) {
+            note_progress(&mut st, started, &batch, done);
+        } else if done < batch.len() {
+            // The socket filled up: from now on the queue is timed.
+            note_progress(&mut st, Instant::now(), &batch, done);
+        }
         self.account(&mut st, batch.drain(..done));
         if st.closed {
             self.account(&mut st, batch.drain(..));
-            return;
+            return false;
         }
         if let Outcome::Failed(e) = outcome {
             log::debug!("{}: write failed: {e}", self.peer);
             self.account(&mut st, batch.drain(..));
             self.fail(&mut st);
-            return;
+            return false;
         }
         if !batch.is_empty() {
             // The socket is full: put the rest back in front of anything queued meanwhile.
@@ -350,11 +366,18 @@ impl Outbound {
             st.queue = batch;
         }
         self.push_notice_if_room(&mut st);
+        let behind = self.behind(&st);
         if !st.queue.is_empty() {
             self.wake_writer(st);
         } else if st.closing {
             self.finish(&mut st);
         }
+        behind
+    }
+
+    /// More than half way to a limit: where pacing starts to consider waiting.
+    fn behind(&self, st: &State) -> bool {
+        st.msgs > self.limits.max_msgs / 2 || st.bytes > self.limits.max_bytes / 2
     }
 
     /// Hands the queue to the writer thread, starting it if this is the first time.
@@ -399,7 +422,7 @@ impl Outbound {
         let deadline = since + self.limits.pacing;
         let (max_msgs, max_bytes) = (self.limits.max_msgs, self.limits.max_bytes);
         let mut st = self.state.lock();
-        if st.msgs <= max_msgs / 2 && st.bytes <= max_bytes / 2 {
+        if !self.behind(&st) {
             return;
         }
         let mut waited = false;
@@ -634,17 +657,28 @@ impl Outbound {
     ) -> (usize, usize, Outcome) {
         let sock = SockRef::from(sock);
         let mut done = 0;
-        let mut iov: Vec<IoSlice<'_>> = Vec::new();
+        // Most writes are of a few items: their slices go on the stack, not the heap.
+        let mut small = [IoSlice::new(&[]); SMALL_IOV];
+        let mut large: Vec<IoSlice<'_>> = Vec::new();
         while done < items.len() {
-            iov.clear();
-            iov.push(IoSlice::new(&items[done].bytes(self.transport)[offset..]));
-            iov.extend(
-                items
-                    .range(done + 1..)
-                    .take(IOV_MAX - 1)
-                    .map(|it| IoSlice::new(it.bytes(self.transport))),
-            );
-            match sock.send_vectored_with_flags(&iov, flags) {
+            let first = IoSlice::new(&items[done].bytes(self.transport)[offset..]);
+            let rest = items
+                .range(done + 1..)
+                .map(|it| IoSlice::new(it.bytes(self.transport)));
+            let iov: &[IoSlice<'_>] = if items.len() - done <= SMALL_IOV {
+                let n = items.len() - done;
+                small[0] = first;
+                for (slot, s) in small[1..n].iter_mut().zip(rest) {
+                    *slot = s;
+                }
+                &small[..n]
+            } else {
+                large.clear();
+                large.push(first);
+                large.extend(rest.take(IOV_MAX - 1));
+                &large
+            };
+            match sock.send_vectored_with_flags(iov, flags) {
                 Ok(0) => {
                     return (
                         done,
