@@ -10,10 +10,12 @@
 
 use crate::cli::Proc;
 use crate::config::config_file;
-use crate::support::{LineClient, TIMEOUT, TestServer, ws_send, ws_sync, ws_text};
+use crate::support::{
+    LineClient, TIMEOUT, TestServer, expect_error, get, try_ws_connect_with, ws_send, ws_sync,
+    ws_text,
+};
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,24 +29,6 @@ const WS_PONG: &str = r#"{"success":true,"command":"ping"}"#;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn get(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
-}
-
-/// Sends `raw` as it is, expects exactly the line `want` back, then proves with a `ping` that
-/// the connection is alive and nothing else came.
-fn expect_error(c: &mut LineClient, raw: &[u8], want: &str) {
-    c.send_raw(raw);
-    let got = c.line_bytes();
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        want,
-        "reply to {:?}",
-        String::from_utf8_lossy(raw)
-    );
-    c.ping();
-}
 
 /// Polls `cond` until it holds; fails the test after `within`. For effects that have no reply
 /// to wait for (a thread ending, a disconnect being noticed).
@@ -157,28 +141,7 @@ fn raw_upgrade(http: SocketAddr, token: &str, headers: &[(&str, &str)]) -> (TcpS
 /// A WebSocket client (tungstenite) with the token in the header and extra headers; on
 /// refusal, the HTTP status.
 fn ws_with(http: SocketAddr, token: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
-    let stream = raw_connect(http);
-    let mut builder = tungstenite::http::Request::builder()
-        .uri(format!("ws://{http}/subscribe/websocket"))
-        .header("Host", http.to_string())
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header(
-            "Sec-WebSocket-Key",
-            tungstenite::handshake::client::generate_key(),
-        )
-        .header("X-Auth-Token", token);
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    match tungstenite::client(builder.body(()).unwrap(), stream) {
-        Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-            Err(resp.status().as_u16())
-        }
-        Err(e) => panic!("WebSocket handshake failed: {e}"),
-    }
+    try_ws_connect_with(http, Some(token), None, headers)
 }
 
 fn ws(http: SocketAddr, token: &str) -> Ws {

@@ -172,6 +172,16 @@ pub fn try_ws_connect(
     header: Option<&str>,
     query: Option<&str>,
 ) -> Result<WebSocket<TcpStream>, u16> {
+    try_ws_connect_with(http, header, query, &[])
+}
+
+/// [`try_ws_connect`] with extra request headers (an `Origin`, say).
+pub fn try_ws_connect_with(
+    http: SocketAddr,
+    header: Option<&str>,
+    query: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<WebSocket<TcpStream>, u16> {
     let stream = TcpStream::connect(http).expect("connect");
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(TIMEOUT)).unwrap();
@@ -191,6 +201,9 @@ pub fn try_ws_connect(
         );
     if let Some(h) = header {
         builder = builder.header("X-Auth-Token", h);
+    }
+    for (name, value) in extra {
+        builder = builder.header(*name, *value);
     }
     let request = builder.body(()).unwrap();
     match tungstenite::client(request, stream) {
@@ -236,4 +249,23 @@ pub fn read_all(mut s: impl Read) -> Vec<u8> {
     let mut v = Vec::new();
     let _ = s.read_to_end(&mut v);
     v
+}
+
+/// Reads a counter.
+pub fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sends `raw` as it is, expects exactly the line `want` back, then proves with a `ping` that
+/// the connection is still alive and nothing else came.
+pub fn expect_error(c: &mut LineClient, raw: &[u8], want: &str) {
+    c.send_raw(raw);
+    let got = c.line_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        want,
+        "reply to {:?}",
+        String::from_utf8_lossy(raw)
+    );
+    c.ping();
 }

@@ -2,30 +2,10 @@
 //! line limits, delivery format and order, slow consumers, admin rules, connection limits and
 //! metrics.
 
-use crate::support::{LineClient, TIMEOUT, TestServer};
+use crate::support::{LineClient, TIMEOUT, TestServer, expect_error, get};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Instant;
-
-/// Reads a counter.
-fn get(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
-}
-
-/// Sends `raw` as it is, expects exactly the line `want` back, then proves the connection is
-/// still alive and quiet with a `ping`.
-fn expect_error(c: &mut LineClient, raw: &[u8], want: &str) {
-    c.send_raw(raw);
-    let got = c.line_bytes();
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        want,
-        "reply to {:?}",
-        String::from_utf8_lossy(raw)
-    );
-    c.ping();
-}
 
 /// Polls `cond` until it holds, yielding between tries; fails the test after [`TIMEOUT`]. For
 /// server-side effects that have no reply to wait for (a disconnect being noticed).
