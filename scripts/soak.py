@@ -27,9 +27,22 @@ client sends a `ping` and reads everything up to its `pong`, which comes after a
 A message is owed when one subscription in effect matches it (subscription tags within the
 message's tags).
 
+The load (about 630 messages/s on average, with bursts; a fraction of a CPU for the server and
+for this script): 4 steady publishers (40-160 messages/s), a bursty one (300-1500 at once every
+4-10 s) and a bulk one (8 KiB messages, 100/s), each replaced by a new connection every 40-150 s;
+TCP and WebSocket subscribers that come and go every 3-25 s and change their subscriptions
+(from everything to tags nobody publishes) every 0.5-4 s, plus a few that stay all along; a
+stalled TCP and a stalled WebSocket subscriber (read a few seconds, stop reading for
+STALL_SECONDS, ...); subscribers that never read again after subscribing, which the server
+must disconnect after write_timeout; an admin connection that registers, sets, unsets,
+queries and unregisters tokens, and revokes the tokens of some WebSocket subscribers (unset
+tags or unregister); GET /metrics and /ping every 5 s; a monitor that pings every second.
+
 Environment: SOAK_SECONDS (default 600), SOAK_SEED (random), SOAK_BIN (a mist binary to use
-instead of target/release/mist), SOAK_EXTRA_CONFIG (lines appended to the server's config,
-e.g. "client_queue 16\\n" to see healthy subscribers lose messages).
+instead of target/release/mist; scripts/soak then skips the build), SOAK_EXTRA_CONFIG (config
+lines, "\\n"-separated, replacing the soak's own settings of the same keys: e.g.
+"client_queue 32" makes healthy subscribers lose messages in bursts, and the soak fail).
+Output goes to target/soak/: mist.conf, mist.log, samples.csv (RSS, threads, fds at 1 Hz).
 """
 
 import array
@@ -65,9 +78,10 @@ SEED = int(os.environ.get("SOAK_SEED", str(random.randrange(1 << 30))))
 MIST = os.environ.get("SOAK_BIN") or os.path.join(REPO, "target", "release", "mist")
 EXTRA_CONFIG = os.environ.get("SOAK_EXTRA_CONFIG", "").replace("\\n", "\n")
 
-# Warm-up: the first 10% of the run, at least 15 s. The RSS after warm-up is the median of the
-# samples of the following WINDOW seconds; the RSS at the end, the median of the last WINDOW.
-WARMUP = max(15.0, 0.10 * SOAK_SECONDS)
+# Warm-up: the first 10% of the run, or a third of it up to 60 s, whichever is longer (60 s for
+# the 10-minute soak, 20 s for a 60 s run). The RSS after warm-up is the median of the samples
+# of the following WINDOW seconds; the RSS at the end, the median of the last WINDOW.
+WARMUP = max(0.10 * SOAK_SECONDS, min(60.0, SOAK_SECONDS / 3))
 WINDOW = max(5.0, min(30.0, 0.05 * SOAK_SECONDS))
 RSS_LIMIT = 0.10
 PROGRESS_EVERY = 30.0
@@ -76,21 +90,26 @@ PING_TIMEOUT = 10.0      # the monitor's ping
 SETTLE_TIMEOUT = 30.0    # threads and descriptors back to the baseline after the last client
 
 # Server settings: small queues so the stalled subscribers lose messages within seconds (the
-# healthy ones read promptly and have the kernel's socket buffers besides), and a write
-# timeout the zombie subscribers reach while the stalled ones (STALL_SECONDS) never do.
-WRITE_TIMEOUT = 12
-STALL_SECONDS = 6.0
+# healthy ones read promptly and have the kernel's socket buffers besides; 64 KiB was too
+# little for a Python WebSocket client during a burst), and a write timeout the zombie
+# subscribers reach while the stalled ones (STALL_SECONDS) never do.
+WRITE_TIMEOUT = 20
+STALL_SECONDS = 8.0
 CONFIG = f"""\
 log_level WARN
 client_queue 2048
-client_queue_bytes 1048576
+client_queue_bytes 262144
 write_timeout {WRITE_TIMEOUT}
 """
 
-# Load. Steady publishers (messages per second), one bursty one.
+# Load. Steady publishers (messages per second), one bursty one, and one of bulk messages
+# (8 KiB at BULK_RATE: what fills a stalled subscriber's socket buffers and queue within
+# seconds, so that it loses messages).
 STEADY_RATES = [40, 80, 120, 160]
 BURST_SIZE = (300, 1500)
 BURST_GAP = (4.0, 10.0)
+BULK_RATE = 100
+BULK_BYTES = 8192
 PUBLISHER_LIFE = (40.0, 150.0)          # then it leaves and a new one takes its place
 TCP_CHURN_SLOTS = 6
 TCP_LONG = 2
@@ -103,23 +122,27 @@ MAX_SUBS = 4
 COLORS = ["red", "green", "blue", "gold"]
 SHAPES = ["circle", "square", "star", "hex", "tri"]
 NOISE = 40
-PUB_SLOTS = len(STEADY_RATES) + 1
+PUB_SLOTS = len(STEADY_RATES) + 2
 PUB_TAGS = [f"pub-{i}" for i in range(PUB_SLOTS)]
 
 # Message data: "PUBLISHER SEQ PAD", the pad a deterministic slice of this (spaces, non-ASCII),
-# so that every delivery's data can be checked byte for byte.
+# so that every delivery's data can be checked byte for byte. Bulk publishers' ids start with
+# "b" and their pads are BULK_BYTES long.
 PAD_BASE = ("the quick brown fox jumps over the lazy dog \u00e9\u00fc \u6f22\u5b57 "
-            "0123456789 ") * 80
+            "0123456789 ") * 200
 
 
-def pad_for(seq):
-    n = 3000 if seq % 499 == 7 else (seq * 37) % 240 + 1
+def pad_for(seq, bulk=False):
+    if bulk:
+        n = BULK_BYTES
+    else:
+        n = 3000 if seq % 499 == 7 else (seq * 37) % 240 + 1
     off = seq % 50
     return PAD_BASE[off:off + n]
 
 
 def data_for(pid, seq):
-    return f"{pid} {seq} {pad_for(seq)}"
+    return f"{pid} {seq} {pad_for(seq, pid[0] == 'b')}"
 
 
 T0 = time.monotonic()
@@ -349,15 +372,21 @@ class Admin:
 # ---------------------------------------------------------------------------------------------
 
 class Publisher(threading.Thread):
-    def __init__(self, slot, port, rate=None):
+    """Publishes at `rate` messages per second, or in bursts when `rate` is None; `bulk`: big
+    messages that also carry the tag `bulk`."""
+
+    def __init__(self, slot, port, rate=None, bulk=False):
         super().__init__(name=f"pub-{slot}", daemon=True)
-        self.slot, self.port, self.rate = slot, port, rate
+        self.slot, self.port, self.rate, self.bulk = slot, port, rate, bulk
         self.rng = random.Random(SEED * 1000 + slot)
         self.gen = 0
 
     def message_tags(self):
         rng = self.rng
         tags = {"soak", PUB_TAGS[self.slot], rng.choice(COLORS)}
+        if self.bulk:
+            tags.add("bulk")
+            return tags
         tags.update(rng.sample(SHAPES, rng.choice((0, 1, 1, 2))))
         if rng.random() < 0.3:
             tags.add(f"n{rng.randrange(NOISE)}")
@@ -373,7 +402,7 @@ class Publisher(threading.Thread):
 
     def incarnation(self):
         self.gen += 1
-        pub = register_pub(f"p{self.slot}.{self.gen}")
+        pub = register_pub(f"{'b' if self.bulk else 'p'}{self.slot}.{self.gen}")
         sock = tcp_connect(self.port)
         lines = Lines(sock)
         life_end = time.monotonic() + self.rng.uniform(*PUBLISHER_LIFE)
@@ -576,6 +605,10 @@ class Session:
             if self.missing > told:
                 self.bad_thing("unnotified-loss", f"lost {self.missing} owed messages but was told "
                                f"of {told} (notices {self.notices[:10]})")
+        # Checked: let go of the bitmaps (sessions are kept for the summary).
+        self.bits = {}
+        for r in self.recs:
+            r.cache = {}
 
 
 def gen_sub_tags(rng, token_tags=None):
@@ -831,7 +864,8 @@ class Revocation:
         self.cancelled = False
         self.after = None         # publishers' `started` once the admin command was answered
         self.expected = []        # the Recs to be revoked
-        self.checked = False
+        self.state = "asked"
+        self.since = time.monotonic()
 
 
 class WsSub:
@@ -1006,7 +1040,7 @@ class WsSub:
 
     def after_revocation(self, rev):
         """The ping sent after the admin's command was answered: every notice came before."""
-        rev.checked = True
+        rev.state = "done"
         for r in rev.expected:
             if r.live:
                 self.sess.bad_thing("revocation", f"no revocation notice for [{r.sorted_str()}]")
@@ -1065,28 +1099,39 @@ class WsSub:
             t = time.monotonic()
             rev = self.rev
             if rev is not None:
-                if not rev.ready.is_set() and not rev.expected and not any(
-                        p[0] == "ping" and p[2] is rev for p in self.pending):
-                    self.start_revocation()
-                elif rev.done.is_set() and rev.kind == "unset" and not any(
-                        p[0] == "ping" and p[2] is not None and p[2][0] == "revoked"
-                        for p in self.pending if p[2] is not None and not isinstance(p[2], Revocation)):
-                    if not rev.checked and not getattr(rev, "asked", False):
-                        rev.asked = True
-                        self.ping(("revoked", rev))
+                self.revocation_step(rev, t)
             elif STOP_SUBS.is_set() or (self.life_end is not None and t >= self.life_end):
                 break
             if not self.pump(0.05):
-                if rev is not None and rev.kind == "unregister" and rev.ready.is_set():
+                if rev is not None and rev.kind == "unregister" and rev.state == "preparing":
                     self.unregistered(rev)
                     return
                 self.sess.bad_thing("closed", f"the server closed the WebSocket (code {self.closed_code})")
                 return
-            if rev is None and t >= self.next_action and not STOP_LOAD.is_set():
+            if self.rev is None and t >= self.next_action and not STOP_LOAD.is_set():
                 self.act()
                 self.next_action = t + self.rng.uniform(*ACTION_GAP)
         if not ABORT.is_set():
             self.leave()
+
+    def revocation_step(self, rev, t):
+        """asked -> preparing (ping; the admin acts once it is answered) -> for unset:
+        confirming (a ping after the admin's reply; every notice comes before its answer) ->
+        done. For unregister, the connection must close (code 1008)."""
+        if rev.state == "asked":
+            rev.state = "preparing"
+            rev.since = t
+            self.start_revocation()
+        elif rev.state == "preparing" and rev.done.is_set() and rev.kind == "unset":
+            rev.state = "confirming"
+            self.ping(("revoked", rev))
+        elif t - rev.since > 3 * REPLY_TIMEOUT:
+            self.sess.bad_thing("revocation", f"{rev.kind} revocation still unfinished after "
+                                f"{3 * REPLY_TIMEOUT:.0f} s (state {rev.state}, admin done "
+                                f"{rev.done.is_set()})")
+            self.rev = None
+            rev.cancelled = True
+            rev.ready.set()
 
     def unregistered(self, rev):
         """Closed after the admin unregistered the token: code 1008, nothing delivered that was
@@ -1129,12 +1174,17 @@ class WsSub:
             self.leave()
 
 
+# websockets >= 16 wants `legacy=True` to return the connection directly without a warning.
+WS_LEGACY = ({"legacy": True} if "legacy" in
+             __import__("inspect").signature(websockets.sync.client.connect).parameters else {})
+
+
 def ws_connect(http_port, token, sock=None, max_queue=4096):
     STATS.add("ws_connections")
     return websockets.sync.client.connect(
         f"ws://{HOST}:{http_port}/subscribe/websocket?x-auth-token={token}",
         sock=sock, proxy=None, compression=None, ping_interval=None, open_timeout=10,
-        close_timeout=5, max_size=None, max_queue=max_queue)
+        close_timeout=5, max_size=None, max_queue=max_queue, **WS_LEGACY)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1212,6 +1262,7 @@ def zombies(port):
     n = 0
     while not STOP_LOAD.is_set() and not ABORT.is_set():
         n += 1
+        STATS.add("zombies")
         TcpSub(f"tcp-zombie-{n}", port, rng, mode="zombie").run_zombie()
         STOP_LOAD.wait(rng.uniform(2, 8))
 
@@ -1240,8 +1291,8 @@ def admin_loop(admin, rng):
             add = set(rng.sample(universe, 2))
             admin.cmd(f"set {tagstr(add, rng)} {tok}")
             others[tok] |= add
-        elif r < 0.6:
-            tok = rng.choice(sorted(others))
+        elif r < 0.6 and any(others.values()):
+            tok = rng.choice(sorted(t for t, v in others.items() if v))
             rem = set(rng.sample(sorted(others[tok]), 1))
             admin.cmd(f"unset {tagstr(rem, rng)} {tok}")
             others[tok] -= rem
@@ -1361,7 +1412,7 @@ class Server:
                 continue
             with open(self.conf_path, "w") as f:
                 f.write(f"# written by scripts/soak\ntcp_listen_address {HOST}:{self.tcp}\n"
-                        f"http_listen_address {HOST}:{self.http}\n{CONFIG}{EXTRA_CONFIG}\n")
+                        f"http_listen_address {HOST}:{self.http}\n{config_text()}")
             self.logf = open(self.log_path, "wb")
             self.proc = subprocess.Popen([MIST, "-d", "--config", self.conf_path],
                                          stdin=subprocess.DEVNULL, stdout=self.logf,
@@ -1419,6 +1470,62 @@ class Server:
                 return "".join(f.readlines()[-n:])
         except OSError:
             return ""
+
+
+def rss_breakdown(pid):
+    """VmRSS by kind of mapping, from /proc/PID/smaps: {kind: (mappings, KiB)}. glibc's malloc
+    arenas other than the main one ([heap]) are anonymous mappings at 64 MiB-aligned addresses;
+    a thread stack is an anonymous mapping right above its guard (---p) page."""
+    out = collections.defaultdict(lambda: [0, 0])
+    prev_end, prev_perm = None, None
+    cur = None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            lines = f.readlines()
+    except OSError:
+        return {}
+    for line in lines:
+        head = line.split(None, 5)
+        if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            perm = head[1]
+            name = head[5].strip() if len(head) > 5 else ""
+            if perm == "---p":          # guard pages and reserved address space: no RSS
+                prev_end, prev_perm, cur = hi, perm, None
+                continue
+            if name == "[heap]":
+                kind = "main arena [heap]"
+            elif name.startswith("["):
+                kind = "other"
+            elif name:
+                kind = "binary and libraries"
+            elif lo % (64 << 20) == 0:
+                kind = "malloc arenas"
+            elif prev_end == lo and prev_perm == "---p" and perm == "rw-p":
+                kind = "thread stacks"
+            else:
+                kind = "other anonymous"
+            cur = out[kind]
+            cur[0] += 1
+            prev_end, prev_perm = hi, perm
+        elif line.startswith("Rss:") and cur is not None:
+            cur[1] += int(line.split()[1])
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def breakdown_text(a, b):
+    kinds = sorted(set(a) | set(b), key=lambda k: -b.get(k, (0, 0))[1])
+    return "; ".join(f"{k} {a.get(k, (0, 0))[1]}K/{a.get(k, (0, 0))[0]} maps -> "
+                     f"{b.get(k, (0, 0))[1]}K/{b.get(k, (0, 0))[0]} maps" for k in kinds)
+
+
+def config_text():
+    """CONFIG with SOAK_EXTRA_CONFIG's settings replacing the same keys (a key may appear only
+    once in a mist config)."""
+    extra = [l.strip() for l in EXTRA_CONFIG.splitlines() if l.strip()]
+    keys = {l.split()[0] for l in extra if not l.startswith("#")}
+    base = [l for l in CONFIG.splitlines() if l.strip() and l.split()[0] not in keys]
+    return "\n".join(base + extra) + "\n"
 
 
 def http_get(port, path):
@@ -1483,7 +1590,8 @@ class Monitor(threading.Thread):
                     except (TimeoutError, ConnectionError, OSError) as e:
                         if self.server.alive():
                             fatal(f"the server stopped answering ping: {e}")
-                        continue
+                        self.sock.close()
+                        self.sock = None
                     self.max_rtt = max(self.max_rtt, time.monotonic() - t1)
             self.stop.wait(max(0.0, 1.0 - (now() - t)))
 
@@ -1570,6 +1678,7 @@ def main():
 
     pubs = [Publisher(i, server.tcp, rate) for i, rate in enumerate(STEADY_RATES)]
     pubs.append(Publisher(len(STEADY_RATES), server.tcp, None))
+    pubs.append(Publisher(len(STEADY_RATES) + 1, server.tcp, BULK_RATE, bulk=True))
     subs = []
     for i in range(TCP_LONG):
         subs.append(guarded(f"tcp-long-{i}", lambda i=i: tcp_slot(100 + i, server.tcp, False)))
@@ -1594,25 +1703,34 @@ def main():
 
     end_at = load_start + SOAK_SECONDS
     next_progress = load_start + PROGRESS_EVERY
+    smaps_warm = None
     while now() < end_at and not ABORT.is_set():
         time.sleep(min(1.0, max(0.0, end_at - now())))
         if now() >= next_progress:
             progress(mon, mp, now())
             next_progress += PROGRESS_EVERY
+        if smaps_warm is None and now() >= load_start + WARMUP + WINDOW / 2:
+            smaps_warm = rss_breakdown(server.pid)
     load_end = now()
+    smaps_end = rss_breakdown(server.pid)
 
     # Wind down: publishers finish with a barrier, then every subscriber reads up to its last
     # pong and leaves, then the admin, the monitor and everyone else.
-    log("time is up: stopping publishers, then subscribers")
+    if ABORT.is_set():
+        log("aborting: " + "; ".join(f.splitlines()[0] for f in FATAL))
+    else:
+        log("time is up: stopping publishers, then subscribers")
     STOP_LOAD.set()
+    grace = 5 if ABORT.is_set() else 60
     for p in pubs:
-        p.join(60)
+        p.join(grace)
     STOP_SUBS.set()
-    admin_t.join(60)
+    admin_t.join(grace)
+    deadline = time.monotonic() + (5 if ABORT.is_set() else 120)
     for t in subs:
-        t.join(90)
-        if t.is_alive():
-            violation("client", f"{t.name} did not finish within 90 s of the end")
+        t.join(max(0.1, deadline - time.monotonic()))
+        if t.is_alive() and not ABORT.is_set():
+            violation("client", f"{t.name} did not finish within 120 s of the end")
     mp.stop.set()
     mp.join(15)
     mon.ping_stop.set()
@@ -1661,6 +1779,10 @@ def main():
 
     # Memory.
     samples = mon.samples
+    with open(os.path.join(OUT_DIR, "samples.csv"), "w") as f:
+        f.write("seconds,rss_kib,threads,fds\n")
+        for t, rss, th, fd in samples:
+            f.write(f"{t - load_start:.1f},{rss},{th},{fd}\n")
     warm_lo, warm_hi = load_start + WARMUP, load_start + WARMUP + WINDOW
     end_lo, end_hi = load_end - WINDOW, load_end + 0.5
     warm_rss, nw = median_between(samples, warm_lo, warm_hi, 1)
@@ -1671,7 +1793,8 @@ def main():
         if growth > RSS_LIMIT:
             violation("memory", f"RSS grew {growth * 100:.1f}% after warm-up: median {warm_rss:.0f} KiB "
                       f"at {warm_lo - load_start:.0f}-{warm_hi - load_start:.0f} s, {end_rss:.0f} KiB at "
-                      f"{end_lo - load_start:.0f}-{load_end - load_start:.0f} s (limit {RSS_LIMIT * 100:.0f}%)")
+                      f"{end_lo - load_start:.0f}-{load_end - load_start:.0f} s (limit {RSS_LIMIT * 100:.0f}%); "
+                      f"by kind of mapping: {breakdown_text(smaps_warm or {}, smaps_end or {})}")
     elif not ABORT.is_set():
         violation("memory", f"too few samples to compare RSS (run of {SOAK_SECONDS:.0f} s too short?)")
     load_samples = [s for s in samples if load_start <= s[0] <= load_end]
@@ -1686,12 +1809,16 @@ def main():
         if fm.get("mist_messages_published_total") != published:
             violation("metrics", f"mist_messages_published_total {fm.get('mist_messages_published_total')} "
                       f"!= {published} published")
-        if fm.get("mist_slow_consumer_notices_total") != STATS["notices"]:
+        # Notices queued for a subscriber that never reads again (a zombie) are counted but
+        # never read, and the last zombie may be given up after the run: bounds, not equality.
+        if fm.get("mist_slow_consumer_notices_total", 0) < STATS["notices"]:
             violation("metrics", f"mist_slow_consumer_notices_total {fm.get('mist_slow_consumer_notices_total')} "
-                      f"!= {STATS['notices']} notices received")
-        if fm.get("mist_write_timeouts_total") != STATS["zombies_dropped"]:
-            violation("metrics", f"mist_write_timeouts_total {fm.get('mist_write_timeouts_total')} != "
-                      f"{STATS['zombies_dropped']} zombie subscribers given up")
+                      f"< {STATS['notices']} notices received")
+        wt = fm.get("mist_write_timeouts_total", 0)
+        if not STATS["zombies_dropped"] <= wt <= STATS["zombies"]:
+            violation("metrics", f"mist_write_timeouts_total {wt}: expected between the "
+                      f"{STATS['zombies_dropped']} zombie subscribers seen given up and the "
+                      f"{STATS['zombies']} started")
         if fm.get("mist_drops_total", 0) < STATS["notified_drops"]:
             violation("metrics", f"mist_drops_total {fm.get('mist_drops_total')} < "
                       f"{STATS['notified_drops']} drops notified")
@@ -1707,19 +1834,24 @@ def main():
 
     print()
     print("=" * 78)
-    print(f"mist soak: {'PASS' if ok else 'FAIL'}")
+    print(f"mist soak: {'PASS' if ok else 'FAIL'}"
+          + (f" (aborted: {FATAL[0].splitlines()[0]})" if FATAL else ""))
     print(f"date       {started_at.isoformat(timespec='seconds')}; machine: {machine()}")
     print(f"server     {version}, {MIST}; log {server.log_path}; exit status on SIGTERM: {exit_status}")
+    print(f"samples    {os.path.join(OUT_DIR, 'samples.csv')} (1 Hz: RSS, threads, fds)")
     print(f"run        {load_end - load_start:.0f} s of load (SOAK_SECONDS {SOAK_SECONDS:.0f}), warm-up "
           f"{WARMUP:.0f} s, RSS windows {WINDOW:.0f} s, seed {SEED}")
     print(f"RSS        baseline {kib(base_rss)}; after warm-up {kib(warm_rss)} (median of {nw}); "
           f"end {kib(end_rss)} (median of {ne}); peak {kib(peak_rss)}; growth "
           f"{'n/a' if growth is None else f'{growth * 100:+.1f}%'} (limit +{RSS_LIMIT * 100:.0f}%)")
+    if smaps_warm and smaps_end:
+        print(f"RSS kinds  after warm-up -> end: {breakdown_text(smaps_warm, smaps_end)}")
     print(f"threads    before {base_threads}, peak {peak_threads}, after {end_threads}")
     print(f"fds        before {base_fds}, peak {peak_fds}, after {end_fds}")
     print(f"messages   published {published} (server counted {fm.get('mist_messages_published_total', 'n/a')}); "
           f"delivered to clients {STATS['delivered']} (server queued {fm.get('mist_deliveries_total', 'n/a')}, "
-          f"dropped {fm.get('mist_drops_total', 'n/a')})")
+          f"dropped {fm.get('mist_drops_total', 'n/a')}); publishers paced {fm.get('mist_pacing_waits_total', 'n/a')} "
+          f"times, gave up {fm.get('mist_pacing_gave_up_total', 'n/a')}")
     print(f"healthy    {STATS['healthy_sessions']} subscriber sessions, {STATS['healthy_owed']} owed "
           f"deliveries checked, {STATS['healthy_missing']} lost")
     print(f"stalled    {STATS['stalled_sessions']} sessions, {STATS['stalls']} stalls; "
@@ -1736,7 +1868,9 @@ def main():
     print(f"log        {len(log_lines)} lines, {len(warn_log)} WARN, {len(bad_log)} ERROR/panic")
     if VIOLATIONS:
         print(f"violations {len(VIOLATIONS)}: " + ", ".join(f"{k} {v}" for k, v in VIOLATION_KINDS.most_common()))
-        for v in VIOLATIONS[:25]:
+        # The server's death or silence first: what clients saw after it are consequences.
+        first = [v for v in VIOLATIONS if v.startswith("server:")]
+        for v in (first + [v for v in VIOLATIONS if not v.startswith("server:")])[:25]:
             print(f"  - {v[:1500]}")
         if FATAL:
             print("server log tail:\n" + server.log_tail())
