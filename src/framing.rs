@@ -143,15 +143,23 @@ impl LineReader {
         }
     }
 
-    /// What is left after the stream ended: an unterminated last line, if any (and not part
-    /// of an over-long one).
-    pub fn take_rest(&mut self) -> Option<&[u8]> {
+    /// What is left after the stream ended: an unterminated last line, as a line (less one
+    /// `\r` at its end) or `TooLong`; `None` when nothing is left, or when the rest belongs to a
+    /// line already reported too long.
+    pub fn take_rest(&mut self) -> Option<Event<'_>> {
         if self.discarding || self.start == self.end {
             return None;
         }
-        let rest = &self.buf[self.start..self.end];
+        let mut rest = &self.buf[self.start..self.end];
         self.start = self.end;
-        (rest.len() <= self.max_line).then_some(rest)
+        if let [line @ .., b'\r'] = rest {
+            rest = line;
+        }
+        Some(if rest.len() > self.max_line {
+            Event::TooLong
+        } else {
+            Event::Line(rest)
+        })
     }
 
     /// The buffer's current size in bytes (for tests of its bounds).
@@ -193,8 +201,12 @@ mod tests {
             }
             assert!(lr.capacity() <= (max_line + 2).max(BULK));
             if n == 0 {
-                if let Some(rest) = lr.take_rest() {
-                    out.push(format!("<rest {}>", String::from_utf8_lossy(rest)));
+                match lr.take_rest() {
+                    Some(Event::Line(rest)) => {
+                        out.push(format!("<rest {}>", String::from_utf8_lossy(rest)));
+                    }
+                    Some(Event::TooLong) => out.push("<too long>".into()),
+                    None => {}
                 }
                 return out;
             }
@@ -246,6 +258,23 @@ mod tests {
     #[test]
     fn unterminated_last_line_is_returned_at_the_end() {
         assert_eq!(events(b"ping\nlist", 3, 100), ["ping", "<rest list>"]);
+        // Like any line, less its `\r` (`printf 'ping\r' | nc`).
+        assert_eq!(events(b"ping\r", 3, 100), ["<rest ping>"]);
+    }
+
+    #[test]
+    fn unterminated_last_line_over_the_limit_is_reported() {
+        // One byte over, without `\r`: not a line, and said so.
+        let mut over = vec![b'a'; 101];
+        assert_eq!(events(&over, 7, 100), ["<too long>"]);
+        // The same length ending in `\r` is a whole line of 100 bytes.
+        over[100] = b'\r';
+        assert_eq!(
+            events(&over, 7, 100),
+            [format!("<rest {}>", "a".repeat(100))]
+        );
+        // Longer still: reported once, while it was being read.
+        assert_eq!(events(&[b'a'; 300], 7, 100), ["<too long>"]);
     }
 
     #[test]
@@ -291,10 +320,12 @@ mod tests {
                 }
             })
             .collect();
-        if rest.len() > max_line + 1 {
+        // Too long while being read (it outgrew the `\r\n` allowance), or at the end.
+        let line = rest.strip_suffix(b"\r").unwrap_or(rest);
+        if rest.len() > max_line + 1 || line.len() > max_line {
             out.push(Got::TooLong);
-        } else if !rest.is_empty() && rest.len() <= max_line {
-            out.push(Got::Rest(rest.to_vec()));
+        } else if !rest.is_empty() {
+            out.push(Got::Rest(line.to_vec()));
         }
         out
     }
@@ -328,8 +359,10 @@ mod tests {
                 break;
             }
         }
-        if let Some(rest) = lr.take_rest() {
-            out.push(Got::Rest(rest.to_vec()));
+        match lr.take_rest() {
+            Some(Event::Line(rest)) => out.push(Got::Rest(rest.to_vec())),
+            Some(Event::TooLong) => out.push(Got::TooLong),
+            None => {}
         }
         out
     }

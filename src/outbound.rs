@@ -135,6 +135,8 @@ struct State {
     /// (messages per second, including the time it waited for the socket).
     progress_at: Option<Instant>,
     drain_rate: f64,
+    /// When a publisher first found this client behind (see `pace`).
+    backlog_since: Option<Instant>,
     /// The socket, until the connection is closed. Publishers may keep an `Outbound` in a
     /// match cache after its client left; dropping the socket here lets its descriptor close.
     sock: Option<Arc<TcpStream>>,
@@ -167,6 +169,9 @@ enum Outcome {
 
 /// Stack size of writer threads: they only move pointers and call `sendmsg`.
 const WRITER_STACK: usize = 128 * 1024;
+
+/// The most bytes the writer thread writes before it accounts for them (see `run_writer`).
+const WRITER_ROUND: usize = 256 * 1024;
 
 /// Writes of at most this many items build their slice list on the stack.
 const SMALL_IOV: usize = 8;
@@ -337,7 +342,7 @@ impl Outbound {
 
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
         let started = timed.then(Instant::now);
-        let (done, offset, outcome) = self.write_items(&sock, &batch, offset, flags);
+        let (done, offset, outcome) = self.write_items(&sock, &batch, offset, flags, usize::MAX);
         drop(sock);
 
         let mut st = self.state.lock();
@@ -425,6 +430,9 @@ impl Outbound {
         if !self.behind(&st) {
             return;
         }
+        if st.backlog_since.is_none() {
+            st.backlog_since = Some(Instant::now());
+        }
         let mut waited = false;
         loop {
             if st.closed || (st.msgs <= max_msgs / 4 && st.bytes <= max_bytes / 4) {
@@ -441,10 +449,15 @@ impl Outbound {
             // waiting for.
             let left = (deadline - now).as_secs_f64();
             let backlog = st.msgs.saturating_sub(max_msgs / 4) as f64;
-            let recent = st
-                .progress_at
-                .is_some_and(|at| now - at < self.limits.pacing);
-            if !recent || st.drain_rate * left < backlog {
+            let keeping_up = match st.progress_at {
+                Some(at) => now - at < self.limits.pacing && st.drain_rate * left >= backlog,
+                // Not measured yet: the benefit of the doubt, for as long as pacing allows
+                // after the first backlog. A subscriber that never drains costs one wait.
+                None => st
+                    .backlog_since
+                    .is_some_and(|at| now - at < self.limits.pacing),
+            };
+            if !keeping_up {
                 return;
             }
             if !waited {
@@ -603,18 +616,27 @@ impl Outbound {
             }
             let Some(sock) = st.sock.clone() else { return };
             std::mem::swap(&mut st.queue, &mut batch);
-            let offset = std::mem::take(&mut st.head_done);
+            let mut offset = std::mem::take(&mut st.head_done);
             st.busy = true;
             drop(st);
 
-            let started = Instant::now();
-            let (done, _, outcome) = self.write_items(&sock, &batch, offset, libc::MSG_NOSIGNAL);
+            // The batch goes out in rounds of at most WRITER_ROUND bytes, each accounted as soon
+            // as it is written: publishers waiting in `pace` see the backlog shrink as the peer
+            // reads, not only when the whole batch is out.
+            let (mut st, outcome) = loop {
+                let started = Instant::now();
+                let (done, rest, outcome) =
+                    self.write_items(&sock, &batch, offset, libc::MSG_NOSIGNAL, WRITER_ROUND);
+                offset = rest;
+                let mut st = self.state.lock();
+                note_progress(&mut st, started, &batch, done);
+                self.account(&mut st, batch.drain(..done));
+                if batch.is_empty() || st.closed || !matches!(outcome, Outcome::AllWritten) {
+                    break (st, outcome);
+                }
+            };
             drop(sock);
-
-            let mut st = self.state.lock();
             st.busy = false;
-            note_progress(&mut st, started, &batch, done);
-            self.account(&mut st, batch.drain(..done));
             if st.closed {
                 self.account(&mut st, batch.drain(..));
                 return;
@@ -646,36 +668,46 @@ impl Outbound {
         }
     }
 
-    /// Writes `items` from `offset` bytes into the first. Returns how many were written whole,
-    /// the offset into the next one, and why it stopped.
+    /// Writes `items` from `offset` bytes into the first, stopping once at least `limit` bytes
+    /// are written. Returns how many items were written whole, the offset into the next one,
+    /// and why it stopped (`AllWritten` also when it stopped at the limit).
     fn write_items(
         &self,
         sock: &TcpStream,
         items: &VecDeque<Item>,
         mut offset: usize,
         flags: libc::c_int,
+        limit: usize,
     ) -> (usize, usize, Outcome) {
         let sock = SockRef::from(sock);
         let mut done = 0;
+        let mut written = 0;
         // Most writes are of a few items: their slices go on the stack, not the heap.
         let mut small = [IoSlice::new(&[]); SMALL_IOV];
         let mut large: Vec<IoSlice<'_>> = Vec::new();
         while done < items.len() {
-            let first = IoSlice::new(&items[done].bytes(self.transport)[offset..]);
-            let rest = items
-                .range(done + 1..)
-                .map(|it| IoSlice::new(it.bytes(self.transport)));
-            let iov: &[IoSlice<'_>] = if items.len() - done <= SMALL_IOV {
-                let n = items.len() - done;
-                small[0] = first;
-                for (slot, s) in small[1..n].iter_mut().zip(rest) {
-                    *slot = s;
+            let want = limit - written;
+            let (mut count, mut bytes) = (0, 0);
+            large.clear();
+            for (i, item) in items.range(done..).enumerate() {
+                let b = &item.bytes(self.transport)[if i == 0 { offset } else { 0 }..];
+                if large.is_empty() && count < SMALL_IOV {
+                    small[count] = IoSlice::new(b);
+                } else {
+                    if large.is_empty() {
+                        large.extend_from_slice(&small[..count]);
+                    }
+                    large.push(IoSlice::new(b));
                 }
-                &small[..n]
+                count += 1;
+                bytes += b.len();
+                if bytes >= want || count == IOV_MAX {
+                    break;
+                }
+            }
+            let iov: &[IoSlice<'_>] = if large.is_empty() {
+                &small[..count]
             } else {
-                large.clear();
-                large.push(first);
-                large.extend(rest.take(IOV_MAX - 1));
                 &large
             };
             match sock.send_vectored_with_flags(iov, flags) {
@@ -687,6 +719,7 @@ impl Outbound {
                     );
                 }
                 Ok(mut n) => {
+                    written += n;
                     while n > 0 {
                         let left = items[done].bytes(self.transport).len() - offset;
                         if n >= left {
@@ -697,6 +730,9 @@ impl Outbound {
                             offset += n;
                             n = 0;
                         }
+                    }
+                    if written >= limit && done < items.len() {
+                        return (done, offset, Outcome::AllWritten);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -119,10 +119,7 @@ impl Session {
             while let Some(event) = lines.next_event() {
                 match event {
                     Event::Line(l) => self.handle_line(l),
-                    Event::TooLong => {
-                        let max = self.ctx.config.max_line_bytes;
-                        self.error(&format!("line too long (max_line_bytes {max})"));
-                    }
+                    Event::TooLong => self.too_long(),
                 }
             }
             self.fanout.flush();
@@ -131,10 +128,14 @@ impl Session {
             }
         }
         // A last line without `\n` still counts (`printf 'ping' | nc ...`).
-        if let Some(rest) = lines.take_rest() {
-            let rest = rest.to_vec();
-            self.handle_line(&rest);
-            self.fanout.flush();
+        match lines.take_rest() {
+            Some(Event::Line(rest)) => {
+                let rest = rest.to_vec();
+                self.handle_line(&rest);
+                self.fanout.flush();
+            }
+            Some(Event::TooLong) => self.too_long(),
+            None => {}
         }
     }
 
@@ -230,6 +231,12 @@ impl Session {
             }
             self.error(&e.to_string());
         }
+    }
+
+    fn too_long(&mut self) {
+        self.fanout.flush();
+        let max = self.ctx.config.max_line_bytes;
+        self.error(&format!("line too long (max_line_bytes {max})"));
     }
 
     fn reply(&self, bytes: Vec<u8>) {

@@ -99,8 +99,10 @@ fn run(data: &[u8], reads: &[usize], max_line: usize) -> Vec<Got> {
             break;
         }
     }
-    if let Some(rest) = lr.take_rest() {
-        out.push(Got::Rest(rest.to_vec()));
+    match lr.take_rest() {
+        Some(Event::Line(rest)) => out.push(Got::Rest(rest.to_vec())),
+        Some(Event::TooLong) => out.push(Got::TooLong),
+        None => {}
     }
     out
 }
@@ -122,10 +124,12 @@ fn model(data: &[u8], max_line: usize) -> Vec<Got> {
             }
         })
         .collect();
-    if rest.len() > max_line + 1 {
+    // Too long while being read (it outgrew the `\r\n` allowance), or at the end.
+    let line = rest.strip_suffix(b"\r").unwrap_or(rest);
+    if rest.len() > max_line + 1 || line.len() > max_line {
         out.push(Got::TooLong);
-    } else if !rest.is_empty() && rest.len() <= max_line {
-        out.push(Got::Rest(rest.to_vec()));
+    } else if !rest.is_empty() {
+        out.push(Got::Rest(line.to_vec()));
     }
     out
 }
