@@ -13,7 +13,6 @@ use crate::metrics;
 use crate::outbound::Outbound;
 use crate::tags::TagSet;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Consecutive messages of the batch with the same tags.
 struct Run {
@@ -110,14 +109,13 @@ impl Fanout {
                 .sort_unstable_by_key(|o| Arc::as_ptr(o) as usize);
             self.touched.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
-        let flushed = Instant::now();
         // Keep only the subscribers that are behind after their flush: the ones to pace.
         self.touched.retain(|out| out.flush());
         // Subscribers that keep up but are behind get a moment to catch up (bounded, and never
         // for slow ones): publishers go at the speed deliveries are made, instead of losing
         // messages a healthy subscriber would have taken a millisecond later.
         for out in self.touched.drain(..) {
-            out.pace(flushed);
+            out.pace();
         }
         self.runs.clear();
     }

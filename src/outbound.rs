@@ -135,7 +135,7 @@ struct State {
     /// (messages per second, including the time it waited for the socket).
     progress_at: Option<Instant>,
     drain_rate: f64,
-    /// When a publisher first found this client behind (see `pace`).
+    /// When `flush` first found this client behind (see `pace`).
     backlog_since: Option<Instant>,
     /// The socket, until the connection is closed. Publishers may keep an `Outbound` in a
     /// match cache after its client left; dropping the socket here lets its descriptor close.
@@ -327,7 +327,11 @@ impl Outbound {
     pub fn flush(self: &Arc<Self>) -> bool {
         let mut st = self.state.lock();
         if st.busy || st.closed || st.queue.is_empty() {
-            return self.behind(&st);
+            let behind = self.behind(&st);
+            if behind && st.backlog_since.is_none() {
+                st.backlog_since = Some(Instant::now());
+            }
+            return behind;
         }
         let Some(sock) = st.sock.clone() else {
             return false;
@@ -372,6 +376,9 @@ impl Outbound {
         }
         self.push_notice_if_room(&mut st);
         let behind = self.behind(&st);
+        if behind && st.backlog_since.is_none() {
+            st.backlog_since = Some(Instant::now());
+        }
         if !st.queue.is_empty() {
             self.wake_writer(st);
         } else if st.closing {
@@ -415,24 +422,27 @@ impl Outbound {
         self.drained.notify_all();
     }
 
-    /// Flow control for subscribers that keep up: waits, at most `pacing` after `since`, while
-    /// this client's queue is more than half full but draining fast enough to be down to a
-    /// quarter in the time left. Returns at once for a client that drains slowly or not at all,
-    /// so a slow subscriber never makes a publisher wait: its newer messages are dropped
-    /// instead. Called by a publisher after it has queued and flushed a batch, holding no lock.
-    pub fn pace(&self, since: Instant) {
+    /// Flow control for subscribers that keep up: waits, at most `pacing`, while this client's
+    /// queue is more than half full but draining fast enough to be down to a quarter in the time
+    /// left. Returns at once for a client that drains slowly or not at all, so a slow subscriber
+    /// never makes a publisher wait: its newer messages are dropped instead. A client not
+    /// measured yet gets the benefit of the doubt until `pacing` after it was first found behind
+    /// (by `flush`), so one that never drains costs one wait, shared by all the clients found
+    /// behind with it. Called by a publisher after it has queued and flushed a batch, holding
+    /// no lock.
+    pub fn pace(&self) {
         if self.limits.pacing.is_zero() {
             return;
         }
-        let deadline = since + self.limits.pacing;
         let (max_msgs, max_bytes) = (self.limits.max_msgs, self.limits.max_bytes);
         let mut st = self.state.lock();
         if !self.behind(&st) {
             return;
         }
-        if st.backlog_since.is_none() {
-            st.backlog_since = Some(Instant::now());
-        }
+        let deadline = match (st.progress_at, st.backlog_since) {
+            (None, Some(first)) => first + self.limits.pacing,
+            _ => Instant::now() + self.limits.pacing,
+        };
         let mut waited = false;
         loop {
             if st.closed || (st.msgs <= max_msgs / 4 && st.bytes <= max_bytes / 4) {
@@ -451,11 +461,8 @@ impl Outbound {
             let backlog = st.msgs.saturating_sub(max_msgs / 4) as f64;
             let keeping_up = match st.progress_at {
                 Some(at) => now - at < self.limits.pacing && st.drain_rate * left >= backlog,
-                // Not measured yet: the benefit of the doubt, for as long as pacing allows
-                // after the first backlog. A subscriber that never drains costs one wait.
-                None => st
-                    .backlog_since
-                    .is_some_and(|at| now - at < self.limits.pacing),
+                // Not measured yet: waiting until the deadline is the benefit of the doubt.
+                None => true,
             };
             if !keeping_up {
                 return;
