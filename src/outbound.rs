@@ -689,6 +689,9 @@ impl Outbound {
         let sock = SockRef::from(sock);
         let mut done = 0;
         let mut written = 0;
+        // When a blocked write was first interrupted with nothing written since: the retry's
+        // kernel timeout starts over, so the stall is cut off by this instead.
+        let mut interrupted: Option<Instant> = None;
         // Most writes are of a few items: their slices go on the stack, not the heap.
         let mut small = [IoSlice::new(&[]); SMALL_IOV];
         let mut large: Vec<IoSlice<'_>> = Vec::new();
@@ -726,6 +729,7 @@ impl Outbound {
                     );
                 }
                 Ok(mut n) => {
+                    interrupted = None;
                     written += n;
                     while n > 0 {
                         let left = items[done].bytes(self.transport).len() - offset;
@@ -742,7 +746,14 @@ impl Outbound {
                         return (done, offset, Outcome::AllWritten);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Interrupted by a signal or a debugger (`strace -p`): retry, but for no longer
+                // than `write_timeout` without progress, so a stalled peer is still cut off.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    let since = *interrupted.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.limits.write_timeout {
+                        return (done, offset, Outcome::WouldBlock);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return (done, offset, Outcome::WouldBlock);
                 }

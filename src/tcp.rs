@@ -9,7 +9,7 @@ use crate::line::{self, Command};
 use crate::metrics;
 use crate::outbound::{Outbound, Transport};
 use crate::server::{self, Context};
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread;
@@ -111,6 +111,9 @@ impl Session {
             match lines.fill(&mut reader) {
                 Ok(0) => break,
                 Ok(_) => {}
+                // A signal or a debugger attaching interrupts a blocked read; the data is
+                // still there.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::debug!("{}: read failed: {e}", self.peer);
                     break;

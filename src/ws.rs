@@ -140,6 +140,9 @@ impl Session {
                         return;
                     }
                 }
+                // A read interrupted by a signal or a debugger (the socket has a timeout, so
+                // the kernel does not restart it) leaves tungstenite's state as it was.
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(WsError::Io(e))
                     if matches!(
                         e.kind(),

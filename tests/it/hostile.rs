@@ -1569,6 +1569,53 @@ fn a_subscriber_that_stops_reading_is_dropped_after_write_timeout() {
     assert!(log.contains("peer read nothing for 1s, closing"), "{log}");
 }
 
+/// The process's scheduler state, the letter after the name in `/proc/PID/stat`.
+fn proc_state(pid: libc::pid_t) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').expect("a name in parentheses") + 1..];
+    after_name.trim_start().chars().next().expect("a state")
+}
+
+/// Stopping and continuing the server (SIGSTOP/SIGCONT, as a debugger or `strace -p` does)
+/// interrupts every blocked socket call that has a timeout with EINTR instead of restarting
+/// it. Connections must come through that as if nothing happened.
+#[test]
+fn stopping_and_continuing_the_server_keeps_its_connections() {
+    let mut d = Daemon::start("stop-cont", "");
+    let mut admin = LineClient::connect(d.tcp);
+    admin.send("register a tok");
+    admin.ping();
+    let mut sub = LineClient::connect(d.tcp);
+    sub.send("subscribe a");
+    sub.ping();
+    let mut w = ws(d.http, "tok");
+    call(
+        &mut w,
+        r#"{"command":"subscribe","tags":["a"]}"#,
+        r#"{"success":true,"command":"subscribe"}"#,
+    );
+    call(&mut w, WS_PING, WS_PONG);
+    // Every connection's reader is now blocked in a read.
+    d.proc.signal(libc::SIGSTOP);
+    wait_until("the server stops", TIMEOUT, || proc_state(d.pid) == 'T');
+    d.proc.signal(libc::SIGCONT);
+    wait_until("the server runs again", TIMEOUT, || {
+        proc_state(d.pid) != 'T'
+    });
+    admin.send("publish a after");
+    admin.ping();
+    sub.expect("publish a after");
+    sub.ping();
+    assert_eq!(
+        ws_text(&mut w),
+        r#"{"keys":["a"],"data":"after"}"#,
+        "the WebSocket subscriber was cut off"
+    );
+    call(&mut w, WS_PING, WS_PONG);
+    drop((admin, sub, w));
+    d.stop();
+}
+
 /// A client that sends commands as fast as it can and never reads the replies: once its unread
 /// replies pass the backlog limit the server stops reading its commands (the replies are never
 /// buffered without bound), and once a write has made no progress for `write_timeout` (1 s) it
