@@ -646,6 +646,31 @@ def list_reply_tcp(recs):
 # TCP subscribers
 # ---------------------------------------------------------------------------------------------
 
+def last_barrier(sub, no_reply, closed):
+    """A subscriber's (TcpSub or WsSub) last barrier: every owed message is read before the
+    reply to its last ping. `closed()` words the violation when the server closes first."""
+    sub.sess.end_all()
+    sub.done = False
+    sub.ping()
+    sub.ping(("done", None))
+    deadline = time.monotonic() + REPLY_TIMEOUT
+    sub.resumed_at = time.monotonic()
+    while not sub.done:
+        if time.monotonic() > deadline:
+            sub.sess.bad_thing("no-reply", no_reply)
+            break
+        if not sub.pump(0.2):
+            sub.sess.bad_thing("closed", closed())
+            break
+    if sub.mode == "stalled":
+        # A notice may follow the pong: the queue had room again only after writing it.
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end and sub.pump(0.1):
+            pass
+    for r in sub.sess.recs:
+        r.live = False
+
+
 class TcpSub:
     """A TCP subscriber session; `mode` is healthy, stalled (reads, stops, reads, ...), or
     zombie (never reads after subscribing; the server must give it up after write_timeout)."""
@@ -753,27 +778,8 @@ class TcpSub:
                 self.subscribe(tags)
 
     def leave(self):
-        """The last barrier: every owed message is read before the pong after this ping."""
-        self.sess.end_all()
-        self.done = False
-        self.ping()
-        self.ping(("done", None))
-        deadline = time.monotonic() + REPLY_TIMEOUT
-        self.resumed_at = time.monotonic()
-        while not self.done:
-            if time.monotonic() > deadline:
-                self.sess.bad_thing("no-reply", "no pong to the last ping")
-                break
-            if not self.pump(0.2):
-                self.sess.bad_thing("closed", "the server closed the connection before the last pong")
-                break
-        if self.mode == "stalled":
-            # A notice may follow the pong: the queue had room again only after writing it.
-            end = time.monotonic() + 0.5
-            while time.monotonic() < end and self.pump(0.1):
-                pass
-        for r in self.sess.recs:
-            r.live = False
+        last_barrier(self, "no pong to the last ping",
+                     lambda: "the server closed the connection before the last pong")
         self.sock.close()
         self.sess.check()
 
@@ -1049,25 +1055,8 @@ class WsSub:
         self.rev = None
 
     def leave(self):
-        self.sess.end_all()
-        self.done = False
-        self.ping()
-        self.ping(("done", None))
-        deadline = time.monotonic() + REPLY_TIMEOUT
-        self.resumed_at = time.monotonic()
-        while not self.done:
-            if time.monotonic() > deadline:
-                self.sess.bad_thing("no-reply", "no reply to the last ping")
-                break
-            if not self.pump(0.2):
-                self.sess.bad_thing("closed", f"closed (code {self.closed_code}) before the last ping reply")
-                break
-        if self.mode == "stalled":
-            end = time.monotonic() + 0.5
-            while time.monotonic() < end and self.pump(0.1):
-                pass
-        for r in self.sess.recs:
-            r.live = False
+        last_barrier(self, "no reply to the last ping",
+                     lambda: f"closed (code {self.closed_code}) before the last ping reply")
         try:
             self.ws.close()
         except Exception:  # noqa: BLE001

@@ -168,6 +168,87 @@ impl LineReader {
     }
 }
 
+/// The rules the line reader is checked against, shared by its property tests and its fuzz
+/// target (cargo-fuzz builds with `--cfg fuzzing`): a plain model of the framing, and a driver
+/// that feeds a reader in reads of given sizes and checks its bounds after every step.
+#[cfg(any(test, fuzzing))]
+pub mod oracle {
+    use super::{Event, LineReader, max_buffer};
+
+    /// What the reader may report, owned.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Got {
+        Line(Vec<u8>),
+        TooLong,
+        Rest(Vec<u8>),
+    }
+
+    /// What a reader for lines of at most `max_line` bytes reports for `data`, however it is
+    /// cut into reads: each `\n`-terminated line (less one `\r` before the `\n`) or `TooLong`;
+    /// then an unterminated last line, returned as it is when it fits, reported as too long
+    /// when it outgrew the `\r\n` allowance while being read, and dropped in between.
+    pub fn model(data: &[u8], max_line: usize) -> Vec<Got> {
+        let mut lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+        let rest = lines.pop().expect("split yields at least one part");
+        let mut out: Vec<Got> = lines
+            .into_iter()
+            .map(|l| {
+                let l = l.strip_suffix(b"\r").unwrap_or(l);
+                if l.len() > max_line {
+                    Got::TooLong
+                } else {
+                    Got::Line(l.to_vec())
+                }
+            })
+            .collect();
+        // Too long while being read (it outgrew the `\r\n` allowance), or at the end.
+        let line = rest.strip_suffix(b"\r").unwrap_or(rest);
+        if rest.len() > max_line + 1 || line.len() > max_line {
+            out.push(Got::TooLong);
+        } else if !rest.is_empty() {
+            out.push(Got::Rest(line.to_vec()));
+        }
+        out
+    }
+
+    /// Runs a reader over `data` in reads of the given sizes (cycled), checking the bounds
+    /// after every step.
+    pub fn run(data: &[u8], reads: &[usize], max_line: usize) -> Vec<Got> {
+        let mut lr = LineReader::new(max_line);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &size in reads.iter().cycle() {
+            let end = (at + size).min(data.len());
+            let n = lr.fill(&mut &data[at..end]).unwrap();
+            at += n;
+            assert!(
+                lr.capacity() <= max_buffer(max_line),
+                "buffer {}",
+                lr.capacity()
+            );
+            while let Some(e) = lr.next_event() {
+                out.push(match e {
+                    Event::Line(l) => {
+                        assert!(l.len() <= max_line, "line of {} bytes", l.len());
+                        Got::Line(l.to_vec())
+                    }
+                    Event::TooLong => Got::TooLong,
+                });
+            }
+            if n == 0 {
+                assert_eq!(at, data.len(), "a read took nothing before the end");
+                break;
+            }
+        }
+        match lr.take_rest() {
+            Some(Event::Line(rest)) => out.push(Got::Rest(rest.to_vec())),
+            Some(Event::TooLong) => out.push(Got::TooLong),
+            None => {}
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,80 +373,8 @@ mod tests {
         assert!(lr.capacity() <= BULK);
     }
 
+    use super::oracle::{model, run};
     use proptest::prelude::*;
-
-    /// What the reader may report, owned.
-    #[derive(Debug, PartialEq, Eq)]
-    enum Got {
-        Line(Vec<u8>),
-        TooLong,
-        Rest(Vec<u8>),
-    }
-
-    /// What a reader for lines of at most `max_line` bytes reports for `data`, however it is
-    /// cut into reads: each `\n`-terminated line (less one `\r` before the `\n`) or `TooLong`;
-    /// then an unterminated last line, returned as it is when it fits, reported as too long
-    /// when it outgrew the `\r\n` allowance while being read, and dropped in between.
-    fn model(data: &[u8], max_line: usize) -> Vec<Got> {
-        let mut lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
-        let rest = lines.pop().expect("split yields at least one part");
-        let mut out: Vec<Got> = lines
-            .into_iter()
-            .map(|l| {
-                let l = l.strip_suffix(b"\r").unwrap_or(l);
-                if l.len() > max_line {
-                    Got::TooLong
-                } else {
-                    Got::Line(l.to_vec())
-                }
-            })
-            .collect();
-        // Too long while being read (it outgrew the `\r\n` allowance), or at the end.
-        let line = rest.strip_suffix(b"\r").unwrap_or(rest);
-        if rest.len() > max_line + 1 || line.len() > max_line {
-            out.push(Got::TooLong);
-        } else if !rest.is_empty() {
-            out.push(Got::Rest(line.to_vec()));
-        }
-        out
-    }
-
-    /// Runs a reader over `data` in reads of the given sizes (cycled), checking the bounds
-    /// after every step.
-    fn run(data: &[u8], reads: &[usize], max_line: usize) -> Vec<Got> {
-        let mut lr = LineReader::new(max_line);
-        let mut out = Vec::new();
-        let mut at = 0;
-        for &size in reads.iter().cycle() {
-            let end = (at + size).min(data.len());
-            let n = lr.fill(&mut &data[at..end]).unwrap();
-            at += n;
-            assert!(
-                lr.capacity() <= max_buffer(max_line),
-                "buffer {}",
-                lr.capacity()
-            );
-            while let Some(e) = lr.next_event() {
-                out.push(match e {
-                    Event::Line(l) => {
-                        assert!(l.len() <= max_line);
-                        Got::Line(l.to_vec())
-                    }
-                    Event::TooLong => Got::TooLong,
-                });
-            }
-            if n == 0 {
-                assert_eq!(at, data.len(), "a read took nothing before the end");
-                break;
-            }
-        }
-        match lr.take_rest() {
-            Some(Event::Line(rest)) => out.push(Got::Rest(rest.to_vec())),
-            Some(Event::TooLong) => out.push(Got::TooLong),
-            None => {}
-        }
-        out
-    }
 
     /// A stream made of runs of line bytes, `\r` and `\n`, up to `run` bytes each.
     fn stream(runs: usize, run: usize) -> impl Strategy<Value = Vec<u8>> {

@@ -4,13 +4,13 @@
 //! size are cheap to express. Checks after every read that the buffer never exceeds
 //! `max_buffer(max_line)` and that no line returned is longer than `max_line`, and at the end
 //! that the events are exactly what a plain model of the framing rules gives, whatever the
-//! read sizes were.
+//! read sizes were (`mist::framing::oracle`, shared with the property tests).
 
 #![no_main]
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use mist::framing::{Event, LineReader, max_buffer};
+use mist::framing::oracle::{model, run};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -63,73 +63,3 @@ fuzz_target!(|input: Input| {
     };
     assert_eq!(run(&data, &reads, max_line), model(&data, max_line));
 });
-
-/// What the reader may report, owned.
-#[derive(Debug, PartialEq, Eq)]
-enum Got {
-    Line(Vec<u8>),
-    TooLong,
-    Rest(Vec<u8>),
-}
-
-fn run(data: &[u8], reads: &[usize], max_line: usize) -> Vec<Got> {
-    let mut lr = LineReader::new(max_line);
-    let mut out = Vec::new();
-    let mut at = 0;
-    for &size in reads.iter().cycle() {
-        let end = (at + size).min(data.len());
-        let n = lr.fill(&mut &data[at..end]).unwrap();
-        at += n;
-        assert!(
-            lr.capacity() <= max_buffer(max_line),
-            "buffer {}",
-            lr.capacity()
-        );
-        while let Some(e) = lr.next_event() {
-            out.push(match e {
-                Event::Line(l) => {
-                    assert!(l.len() <= max_line, "line of {} bytes", l.len());
-                    Got::Line(l.to_vec())
-                }
-                Event::TooLong => Got::TooLong,
-            });
-        }
-        if n == 0 {
-            assert_eq!(at, data.len(), "a read took nothing before the end");
-            break;
-        }
-    }
-    match lr.take_rest() {
-        Some(Event::Line(rest)) => out.push(Got::Rest(rest.to_vec())),
-        Some(Event::TooLong) => out.push(Got::TooLong),
-        None => {}
-    }
-    out
-}
-
-/// Each `\n`-terminated line (less one `\r` before the `\n`) or `TooLong`; then an
-/// unterminated last line: returned as it is when it fits, reported as too long when it
-/// outgrew the `\r\n` allowance while being read, and dropped in between (one byte over).
-fn model(data: &[u8], max_line: usize) -> Vec<Got> {
-    let mut lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
-    let rest = lines.pop().expect("split yields at least one part");
-    let mut out: Vec<Got> = lines
-        .into_iter()
-        .map(|l| {
-            let l = l.strip_suffix(b"\r").unwrap_or(l);
-            if l.len() > max_line {
-                Got::TooLong
-            } else {
-                Got::Line(l.to_vec())
-            }
-        })
-        .collect();
-    // Too long while being read (it outgrew the `\r\n` allowance), or at the end.
-    let line = rest.strip_suffix(b"\r").unwrap_or(rest);
-    if rest.len() > max_line + 1 || line.len() > max_line {
-        out.push(Got::TooLong);
-    } else if !rest.is_empty() {
-        out.push(Got::Rest(line.to_vec()));
-    }
-    out
-}
