@@ -18,6 +18,7 @@
 //! - [`broker`]: the subscription index and matching; no I/O.
 //! - [`fanout`]: a publishing connection's batch of messages and their delivery.
 //! - [`outbound`]: a client's bounded queue, drop counting and writer thread.
+//! - [`pacing`]: when a publisher waits for a subscriber that is behind (pure).
 //! - [`tcp`]: line-protocol connections.
 //! - [`http`]: the HTTP listener: `/subscribe/websocket`, `/ping`, `/metrics`.
 //! - [`ws`]: WebSocket sessions, and [`ws::serve`] for embedding.
@@ -41,6 +42,7 @@ pub mod line;
 pub mod message;
 pub mod metrics;
 pub mod outbound;
+pub mod pacing;
 pub mod server;
 pub mod tags;
 pub mod tcp;

@@ -23,6 +23,7 @@
 use crate::line;
 use crate::message::{Batch, Encoded, frame_tags};
 use crate::metrics::{self, Metrics};
+use crate::pacing::Drain;
 use crate::wsframe;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use socket2::SockRef;
@@ -131,12 +132,8 @@ struct State {
     closing: bool,
     /// Done: nothing more is written and the writer thread exits.
     closed: bool,
-    /// When a write last delivered messages, and how fast that write drained the queue
-    /// (messages per second, including the time it waited for the socket).
-    progress_at: Option<Instant>,
-    drain_rate: f64,
-    /// When `flush` first found this client behind (see `pace`).
-    backlog_since: Option<Instant>,
+    /// How fast the writes drain the queue, and since when it has been behind (see `pace`).
+    drain: Drain,
     /// The socket, until the connection is closed. Publishers may keep an `Outbound` in a
     /// match cache after its client left; dropping the socket here lets its descriptor close.
     sock: Option<Arc<TcpStream>>,
@@ -328,8 +325,8 @@ impl Outbound {
         let mut st = self.state.lock();
         if st.busy || st.closed || st.queue.is_empty() {
             let behind = self.behind(&st);
-            if behind && st.backlog_since.is_none() {
-                st.backlog_since = Some(Instant::now());
+            if behind {
+                st.drain.behind(Instant::now());
             }
             return behind;
         }
@@ -376,8 +373,8 @@ impl Outbound {
         }
         self.push_notice_if_room(&mut st);
         let behind = self.behind(&st);
-        if behind && st.backlog_since.is_none() {
-            st.backlog_since = Some(Instant::now());
+        if behind {
+            st.drain.behind(Instant::now());
         }
         if !st.queue.is_empty() {
             self.wake_writer(st);
@@ -423,15 +420,14 @@ impl Outbound {
     }
 
     /// Flow control for subscribers that keep up: waits, at most `pacing`, while this client's
-    /// queue is more than half full but draining fast enough to be down to a quarter in the time
-    /// left. Returns at once for a client that drains slowly or not at all, so a slow subscriber
-    /// never makes a publisher wait: its newer messages are dropped instead. A client not
-    /// measured yet gets the benefit of the doubt until `pacing` after it was first found behind
-    /// (by `flush`), so one that never drains costs one wait, shared by all the clients found
-    /// behind with it. Called by a publisher after it has queued and flushed a batch, holding
-    /// no lock.
+    /// queue is more than half full but draining fast enough to be down to a quarter in time
+    /// (the rule is in [`crate::pacing`]). Returns at once for a client that drains slowly or
+    /// not at all, so a slow subscriber never makes a publisher wait for long: its newer
+    /// messages are dropped instead. Called by a publisher after it has queued and flushed a
+    /// batch, holding no lock.
     pub fn pace(&self) {
-        if self.limits.pacing.is_zero() {
+        let pacing = self.limits.pacing;
+        if pacing.is_zero() {
             return;
         }
         let (max_msgs, max_bytes) = (self.limits.max_msgs, self.limits.max_bytes);
@@ -439,32 +435,18 @@ impl Outbound {
         if !self.behind(&st) {
             return;
         }
-        let deadline = match (st.progress_at, st.backlog_since) {
-            (None, Some(first)) => first + self.limits.pacing,
-            _ => Instant::now() + self.limits.pacing,
-        };
+        let deadline = st.drain.deadline(Instant::now(), pacing);
         let mut waited = false;
         loop {
             if st.closed || (st.msgs <= max_msgs / 4 && st.bytes <= max_bytes / 4) {
                 return;
             }
             let now = Instant::now();
-            if now >= deadline {
-                if waited {
+            let backlog = st.msgs.saturating_sub(max_msgs / 4);
+            if !st.drain.worth_waiting(now, deadline, backlog, pacing) {
+                if waited && now >= deadline {
                     metrics::add(&self.metrics.pacing_gave_up, 1);
                 }
-                return;
-            }
-            // Recent progress at a pace that clears the backlog in time, or it is not worth
-            // waiting for.
-            let left = (deadline - now).as_secs_f64();
-            let backlog = st.msgs.saturating_sub(max_msgs / 4) as f64;
-            let keeping_up = match st.progress_at {
-                Some(at) => now - at < self.limits.pacing && st.drain_rate * left >= backlog,
-                // Not measured yet: waiting until the deadline is the benefit of the doubt.
-                None => true,
-            };
-            if !keeping_up {
                 return;
             }
             if !waited {
@@ -775,6 +757,9 @@ impl Outbound {
                 }
             }
         }
+        if st.msgs <= self.limits.max_msgs / 4 && st.bytes <= self.limits.max_bytes / 4 {
+            st.drain.caught_up();
+        }
         if st.replies <= self.limits.reply_backlog || st.msgs <= self.limits.max_msgs / 4 {
             self.drained.notify_all();
         }
@@ -831,19 +816,9 @@ impl std::fmt::Debug for Outbound {
 /// Records that a write started at `started` delivered the first `done` items of `batch`.
 fn note_progress(st: &mut State, started: Instant, batch: &VecDeque<Item>, done: usize) {
     let msgs: usize = batch.range(..done).map(|it| it.budget().0).sum();
-    if msgs == 0 {
-        return;
+    if msgs > 0 {
+        st.drain.progress(started, Instant::now(), msgs);
     }
-    let now = Instant::now();
-    let secs = (now - started).as_secs_f64().max(1e-6);
-    let rate = msgs as f64 / secs;
-    // Smoothed a little, so one lucky write does not decide alone.
-    st.drain_rate = if st.progress_at.is_some() {
-        (st.drain_rate + rate) / 2.0
-    } else {
-        rate
-    };
-    st.progress_at = Some(now);
 }
 
 /// The frames of `bytes` (server text frames, back to back) whose tags `keep` accepts, and how
