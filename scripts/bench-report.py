@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -311,6 +312,44 @@ for sc in ["A", "C"]:
             p(open(dso).read().rstrip())
             p()
         p(open(path).read().rstrip())
+        p("```\n")
+
+def wa_shares(path):
+    """CPU shares of the whole machine during W-A, by who used it (perf --sort comm)."""
+    groups = {}
+    for line in open(path):
+        m = re.match(r"\s*([\d.]+)%\s+(.*\S)", line)
+        if not m:
+            continue
+        share, comm = float(m.group(1)), m.group(2)
+        if re.fullmatch(r"sub\d+", comm):
+            who = "load generator: 100 WebSocket subscriber threads"
+        elif re.fullmatch(r"pub\d+", comm):
+            who = "load generator: publisher thread"
+        elif comm.startswith("mist"):
+            who = "mist (all its threads)"
+        elif comm == "swapper":
+            who = "idle"
+        else:
+            who = "other processes"
+        groups[who] = groups.get(who, 0.0) + share
+    return sorted(groups.items(), key=lambda kv: -kv[1])
+
+
+wa_comm = os.path.join(OUT, "perf-WA-comm.txt")
+if os.path.exists(wa_comm) and os.path.getsize(wa_comm) > 0:
+    p("### Profile of the whole machine in scenario W-A (perf -a, cpu-clock, 1 s mid-run)\n")
+    p("Share of both CPUs' samples, by who used them:\n")
+    p("| used by | share |")
+    p("|---|---:|")
+    for who, share in wa_shares(wa_comm):
+        p(f"| {who} | {share:.1f}% |")
+    p()
+    subs = os.path.join(OUT, "perf-WA-subs.txt")
+    if os.path.exists(subs) and os.path.getsize(subs) > 0:
+        p("Top frames of the load generator's subscriber threads (share of all samples):\n")
+        p("```")
+        p(open(subs).read().rstrip())
         p("```\n")
 
 notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-notes.md")
