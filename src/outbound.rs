@@ -324,11 +324,7 @@ impl Outbound {
     pub fn flush(self: &Arc<Self>) -> bool {
         let mut st = self.state.lock();
         if st.busy || st.closed || st.queue.is_empty() {
-            let behind = self.behind(&st);
-            if behind {
-                st.drain.behind(Instant::now());
-            }
-            return behind;
+            return self.note_behind(&mut st);
         }
         let Some(sock) = st.sock.clone() else {
             return false;
@@ -372,10 +368,7 @@ impl Outbound {
             st.queue = batch;
         }
         self.push_notice_if_room(&mut st);
-        let behind = self.behind(&st);
-        if behind {
-            st.drain.behind(Instant::now());
-        }
+        let behind = self.note_behind(&mut st);
         if !st.queue.is_empty() {
             self.wake_writer(st);
         } else if st.closing {
@@ -387,6 +380,16 @@ impl Outbound {
     /// More than half way to a limit: where pacing starts to consider waiting.
     fn behind(&self, st: &State) -> bool {
         st.msgs > self.limits.max_msgs / 2 || st.bytes > self.limits.max_bytes / 2
+    }
+
+    /// Whether the client is behind, recording when it fell behind if it just did. The clock
+    /// is read only then: a stalled client is found behind on every batch.
+    fn note_behind(&self, st: &mut State) -> bool {
+        let behind = self.behind(st);
+        if behind && !st.drain.is_behind() {
+            st.drain.behind(Instant::now());
+        }
+        behind
     }
 
     /// Hands the queue to the writer thread, starting it if this is the first time.

@@ -53,6 +53,11 @@ impl Drain {
         self.behind_since.get_or_insert(now);
     }
 
+    /// Whether the queue has been found behind and not caught up since.
+    pub fn is_behind(&self) -> bool {
+        self.behind_since.is_some()
+    }
+
     /// Records that the queue was written down to a quarter of its limits.
     pub fn caught_up(&mut self) {
         self.behind_since = None;
