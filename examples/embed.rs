@@ -2,7 +2,7 @@
 //!
 //! This program builds a [`mist::Context`] (the broker, the token rules and the counters, without
 //! mist's own listeners), registers a token, accepts connections on its own `TcpListener` and
-//! hands each to [`mist::ws::serve`] on a thread. It also publishes a message every second from
+//! hands each to [`mist::serve`] on a thread. It also publishes a message every second from
 //! the program itself with [`mist::Context::publish`]. Every connection gets mist's routes:
 //! `/subscribe/websocket`, `/ping` and `/metrics`.
 //!
@@ -85,7 +85,7 @@ fn main() -> std::io::Result<()> {
         // closes) on the calling thread.
         let spawned = thread::Builder::new()
             .name("embed-conn".into())
-            .spawn(move || mist::ws::serve(&ctx, stream));
+            .spawn(move || mist::serve(&ctx, stream));
         if let Err(e) = spawned {
             eprintln!("cannot start a connection thread: {e}");
         }

@@ -6,17 +6,16 @@
 //! [`MAX_PENDING_HEADS`] heads are read at once. Heads are parsed by `httparse`; responses are
 //! built from the `http` crate's types. One request per connection.
 
-use crate::auth::AccessError;
+use crate::context::{Context, Slot};
 use crate::metrics;
-use crate::outbound::{Outbound, Transport};
-use crate::server::{self, Context};
+use crate::net;
+use crate::ws;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
 /// The largest request head accepted, in bytes.
@@ -29,15 +28,35 @@ pub const WS_PATH: &str = "/subscribe/websocket";
 static PENDING_HEADS: AtomicUsize = AtomicUsize::new(0);
 
 /// Takes a new HTTP connection from the accept loop and serves it on its own thread.
+///
+/// The connection takes a `max_connections` slot from its first byte if one is free. One that
+/// finds the server full is still answered, on the budget of pending request heads: plain
+/// requests (`/ping`, `/metrics`) are not clients, but its WebSocket upgrade gets 503.
 pub fn accept(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+    let sock = Arc::new(stream);
+    let live = ctx.track(&sock);
+    let slot = ctx.reserve();
     let ctx2 = Arc::clone(ctx);
-    let spawned = thread::Builder::new()
-        .name(format!("mist-http {peer}"))
-        .stack_size(server::WS_STACK)
-        .spawn(move || serve(&ctx2, stream, peer));
+    let spawned = net::spawn(format!("mist-http {peer}"), net::WS_STACK, move || {
+        let _live = live;
+        handle(&ctx2, sock, peer, slot);
+    });
     if let Err(e) = spawned {
         log::error!("{peer}: cannot start a connection thread: {e}");
     }
+}
+
+/// Serves one connection accepted by another program: reads its HTTP request and answers it
+/// as mist's HTTP listener would (`/subscribe/websocket`, `/ping`, `/metrics`), running the
+/// whole WebSocket session on the calling thread. Returns when the connection is closed.
+pub fn serve(ctx: &Arc<Context>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let sock = Arc::new(stream);
+    let _live = ctx.track(&sock);
+    let slot = ctx.reserve();
+    handle(ctx, sock, peer, slot);
 }
 
 /// A parsed request head: what routing needs, owned.
@@ -67,7 +86,7 @@ pub enum HeadError {
 }
 
 /// Serves one HTTP connection to the end: a plain request, or a whole WebSocket session.
-pub fn serve(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+fn handle(ctx: &Arc<Context>, stream: Arc<TcpStream>, peer: SocketAddr, slot: Option<Slot>) {
     log::debug!("{peer}: HTTP connection");
     if PENDING_HEADS.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_HEADS {
         PENDING_HEADS.fetch_sub(1, Ordering::AcqRel);
@@ -117,7 +136,7 @@ pub fn serve(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
                 &[(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             );
         }
-        WS_PATH => upgrade(ctx, stream, peer, head),
+        WS_PATH => upgrade(ctx, stream, peer, head, slot),
         _ => respond(&stream, StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -260,8 +279,15 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&HeaderValue>) -> bool 
         .any(|a| a.eq_ignore_ascii_case(origin.trim()))
 }
 
-/// Checks a WebSocket upgrade request and its token, then hands the connection to `ws::run`.
-fn upgrade(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, head: Head) {
+/// Checks a WebSocket upgrade request's handshake and origin, then hands the connection to
+/// [`ws`] for admission and the session; answers its refusal.
+fn upgrade(
+    ctx: &Arc<Context>,
+    stream: Arc<TcpStream>,
+    peer: SocketAddr,
+    head: Head,
+    slot: Option<Slot>,
+) {
     let h = &head.headers;
     let is_upgrade = header_has_token(h, header::UPGRADE, "websocket")
         && header_has_token(h, header::CONNECTION, "upgrade");
@@ -296,59 +322,11 @@ fn upgrade(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, head: Head) 
         respond(&stream, StatusCode::FORBIDDEN, "origin not allowed\n");
         return;
     }
-    let Some(token) = token_of(&head) else {
-        metrics::add(&ctx.metrics.auth_failures, 1);
-        respond(&stream, StatusCode::UNAUTHORIZED, "missing token\n");
-        return;
-    };
-    if !ctx.conns.try_reserve() {
-        metrics::add(&ctx.metrics.connections_refused, 1);
-        log::warn!(
-            "{peer}: refused, max_connections ({}) reached",
-            ctx.config.max_connections
-        );
-        respond(
-            &stream,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections\n",
-        );
-        return;
+    let key = key.as_bytes().to_vec();
+    match ws::admit(ctx, slot, &stream, peer, token_of(&head)) {
+        Ok(conn) => ws::run(ctx, conn, stream, &key, head.rest),
+        Err(refused) => respond(&stream, refused.status, &refused.body),
     }
-    let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    if let Err(e) = server::configure_socket(&stream, ctx.write_timeout()) {
-        log::warn!("{peer}: cannot set socket options: {e}");
-    }
-    let sock = Arc::new(stream);
-    let id = ctx.broker.next_client_id();
-    let out = Outbound::new(
-        Arc::clone(&sock),
-        Transport::WebSocket,
-        ctx.limits(),
-        Arc::clone(&ctx.metrics),
-        peer,
-    );
-    if let Err(e) = ctx.tokens.admit(&token, id, &out) {
-        ctx.conns.release();
-        let status = match e {
-            AccessError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::UNAUTHORIZED,
-        };
-        log::info!("{peer}: WebSocket refused: {e}");
-        respond(&sock, status, &format!("{e}\n"));
-        return;
-    }
-    let switching = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
-    );
-    if let Err(e) = (&*sock).write_all(switching.as_bytes()) {
-        log::debug!("{peer}: handshake failed: {e}");
-        ctx.tokens.detach(&token, id);
-        ctx.conns.release();
-        return;
-    }
-    log::debug!("{peer}: WebSocket open");
-    crate::ws::run(ctx, sock, out, id, token, head.rest);
 }
 
 /// Writes a plain response and closes the connection.
@@ -376,7 +354,7 @@ fn respond_with(
     let bytes = serialize(&response);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     if stream.write_all(&bytes).is_ok() {
-        linger(stream);
+        net::linger(stream);
     }
 }
 
@@ -398,21 +376,6 @@ fn serialize(response: &Response<&str>) -> Vec<u8> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(response.body().as_bytes());
     out
-}
-
-/// Half-closes, then reads briefly what the client still sends, so closing does not reset the
-/// connection before the client has read the response.
-pub(crate) fn linger(mut stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut sink = [0u8; 1024];
-    let mut budget: usize = 64 * 1024;
-    while budget > 0 {
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => budget = budget.saturating_sub(n),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -19,12 +19,16 @@
 //! - [`fanout`]: a publishing connection's batch of messages and their delivery.
 //! - [`outbound`]: a client's bounded queue, drop counting and writer thread.
 //! - [`pacing`]: when a publisher waits for a subscriber that is behind (pure).
+//! - [`context`]: what connections share: [`Context`], `max_connections` slots, the
+//!   connection registry, and the guards that give a connection's resources back.
+//! - [`net`]: socket options, thread stacks, the open-files limit, the lingering close.
 //! - [`tcp`]: line-protocol connections.
-//! - [`http`]: the HTTP listener: `/subscribe/websocket`, `/ping`, `/metrics`.
-//! - [`ws`]: WebSocket sessions, and [`ws::serve`] for embedding.
+//! - [`http`]: the HTTP listener: `/subscribe/websocket`, `/ping`, `/metrics`; and [`serve`]
+//!   for embedding.
+//! - [`ws`]: WebSocket admission and sessions.
 //! - [`auth`]: the token store trait, its in-memory store, and the token rules.
 //! - [`metrics`]: counters and their Prometheus form.
-//! - [`server`]: listeners, shared context, connection registry, shutdown.
+//! - [`server`]: the listeners, their accept loops, and shutdown.
 //! - [`client`]: the command-line client (`mist publish ...`).
 //! - [`bench`]: `mist bench`, the load generator that measures a running server.
 //! - [`cli`]: command-line arguments.
@@ -35,12 +39,14 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod context;
 pub mod fanout;
 pub mod framing;
 pub mod http;
 pub mod line;
 pub mod message;
 pub mod metrics;
+pub mod net;
 pub mod outbound;
 pub mod pacing;
 pub mod server;
@@ -51,4 +57,6 @@ pub mod wsframe;
 pub mod wsjson;
 
 pub use config::Config;
-pub use server::{Context, Server};
+pub use context::Context;
+pub use http::serve;
+pub use server::Server;

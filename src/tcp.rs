@@ -2,33 +2,32 @@
 //! client's writer thread (see `outbound.rs`) starts when its socket is slow.
 
 use crate::auth::{self, StoreError};
-use crate::broker::Subscriber;
+use crate::context::{Conn, Context, Slot};
 use crate::fanout::Fanout;
 use crate::framing::{Event, LineReader};
 use crate::line::{self, Command};
 use crate::metrics;
-use crate::outbound::{Outbound, Transport};
-use crate::server::{self, Context};
+use crate::net;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 /// Takes a new TCP connection from the accept loop: refuses it when the server is full,
-/// otherwise starts its threads.
+/// otherwise starts its thread, which holds the connection's slot from the first byte.
 pub fn accept(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
-    if !ctx.conns.try_reserve() {
+    let Some(slot) = ctx.reserve() else {
         refuse(ctx, stream, peer);
         return;
-    }
+    };
+    let sock = Arc::new(stream);
+    let live = ctx.track(&sock);
     let ctx2 = Arc::clone(ctx);
-    let spawned = thread::Builder::new()
-        .name(format!("mist-tcp {peer}"))
-        .stack_size(server::CONN_STACK)
-        .spawn(move || run(ctx2, stream, peer));
+    let spawned = net::spawn(format!("mist-tcp {peer}"), net::CONN_STACK, move || {
+        let _live = live;
+        run(&ctx2, slot, sock, peer);
+    });
     if let Err(e) = spawned {
-        ctx.conns.release();
         log::error!("{peer}: cannot start a connection thread: {e}");
     }
 }
@@ -49,31 +48,14 @@ fn refuse(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
 }
 
 /// The connection's reader thread.
-fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+fn run(ctx: &Arc<Context>, slot: Slot, sock: Arc<TcpStream>, peer: SocketAddr) {
     log::debug!("{peer}: connected");
-    if let Err(e) = server::configure_socket(&stream, ctx.write_timeout()) {
-        log::warn!("{peer}: cannot set socket options: {e}");
-    }
-    let sock = Arc::new(stream);
-    let id = ctx.broker.next_client_id();
-    let out = Outbound::new(
-        Arc::clone(&sock),
-        Transport::Tcp,
-        ctx.limits(),
-        Arc::clone(&ctx.metrics),
-        peer,
-    );
-    ctx.conns.insert(id, Arc::clone(&out));
-    metrics::add(&ctx.metrics.tcp_connections, 1);
     let mut session = Session {
         fanout: Fanout::new(ctx.broker.clone()),
-        sub: Subscriber {
-            id,
-            out: Arc::clone(&out),
-        },
+        conn: ctx.register(slot, Arc::clone(&sock), peer),
         authed: false,
         peer,
-        ctx: Arc::clone(&ctx),
+        ctx: Arc::clone(ctx),
     };
     session.read_loop(&sock);
     // The client is gone or closed its side: dropping the session stops deliveries and lets
@@ -82,25 +64,16 @@ fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     log::debug!("{peer}: disconnected");
 }
 
-/// One client's command state. Dropping it removes the client from the index and the registry
-/// and closes its queue once written, also when its thread unwinds from a panic.
+/// One client's command state. Dropping it (its [`Conn`]) removes the client from the index
+/// and the registry and closes its queue once written, also when its thread unwinds from a
+/// panic.
 struct Session {
     ctx: Arc<Context>,
-    sub: Subscriber,
+    conn: Conn,
     fanout: Fanout,
     /// `auth ADMIN_TOKEN` succeeded on this connection.
     authed: bool,
     peer: SocketAddr,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.ctx.broker.remove_client(self.sub.id);
-        self.sub.out.close_after_flush(None);
-        self.ctx.conns.remove(self.sub.id);
-        self.ctx.conns.release();
-        metrics::sub(&self.ctx.metrics.tcp_connections, 1);
-    }
 }
 
 impl Session {
@@ -126,7 +99,7 @@ impl Session {
                 }
             }
             self.fanout.flush();
-            if self.sub.out.is_closed() {
+            if self.conn.sub.out.is_closed() {
                 return;
             }
         }
@@ -153,13 +126,13 @@ impl Session {
                 // Deliver what was published before this command first, so a publisher that is
                 // also a subscriber sees its messages before the reply.
                 self.fanout.flush();
-                if self.sub.out.wait_reply_room() {
+                if self.conn.sub.out.wait_reply_room() {
                     self.execute(cmd);
                 }
             }
             Err(e) => {
                 self.fanout.flush();
-                if self.sub.out.wait_reply_room() {
+                if self.conn.sub.out.wait_reply_room() {
                     self.error(&e.to_string());
                 }
             }
@@ -175,13 +148,13 @@ impl Session {
         match cmd {
             Command::Ping => self.reply(line::PONG.to_vec()),
             Command::Subscribe(set) => {
-                if let Err(e) = ctx.broker.subscribe(&self.sub, &set) {
+                if let Err(e) = ctx.broker.subscribe(&self.conn.sub, &set) {
                     self.error(&e.to_string());
                 }
             }
-            Command::Unsubscribe(set) => ctx.broker.unsubscribe(self.sub.id, &set),
+            Command::Unsubscribe(set) => ctx.broker.unsubscribe(self.conn.sub.id, &set),
             Command::List => {
-                let subs = ctx.broker.subscriptions(self.sub.id);
+                let subs = ctx.broker.subscriptions(self.conn.sub.id);
                 self.reply(line::list_reply(&subs));
             }
             Command::Auth { token } => self.auth(token),
@@ -243,7 +216,7 @@ impl Session {
     }
 
     fn reply(&self, bytes: Vec<u8>) {
-        self.sub.out.reply(bytes);
+        self.conn.sub.out.reply(bytes);
     }
 
     fn error(&self, reason: &str) {

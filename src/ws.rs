@@ -9,16 +9,17 @@
 //! The server pings a quiet client every `ws_ping_interval`; a client that sends nothing, not
 //! even a pong, for two intervals is closed.
 //!
-//! To serve mist's WebSocket endpoint from another program's accept loop, hand each accepted
-//! connection to [`serve`].
+//! Admission comes first ([`admit`]): the HTTP listener hands over an upgrade request whose
+//! handshake checked out, and the connection is registered only if its token is admitted and
+//! it holds a `max_connections` slot. [`run`] then answers 101 and runs the session.
 
 use crate::auth::AccessError;
-use crate::broker::{ClientId, Subscriber};
+use crate::context::{Conn, Context, Slot};
 use crate::metrics;
-use crate::outbound::Outbound;
-use crate::server::Context;
+use crate::net;
 use crate::wsframe::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG};
 use crate::wsjson::{self, WsCommand};
+use http::StatusCode;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -30,14 +31,56 @@ use tungstenite::{Message, WebSocket};
 /// Close code for a text frame that is not UTF-8 (RFC 6455, 7.4.1).
 const CLOSE_INVALID_DATA: u16 = 1007;
 
-/// Serves one connection accepted by another program: reads its HTTP request and answers it
-/// as mist's HTTP listener would (`/subscribe/websocket`, `/ping`, `/metrics`), running the
-/// whole WebSocket session on the calling thread. Returns when the connection is closed.
-pub fn serve(ctx: &Arc<Context>, stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    crate::http::serve(ctx, stream, peer);
+/// Why a WebSocket upgrade was refused: the HTTP response to answer it with.
+pub(crate) struct Refused {
+    pub(crate) status: StatusCode,
+    pub(crate) body: String,
+}
+
+/// Admits an upgrade request whose handshake checked out: it needs a token (`token_of` the
+/// request), a `max_connections` slot (taken with the connection's first byte, if one was
+/// free) and the token store's consent. Then the client is registered, and revocations of its
+/// token reach it.
+///
+/// # Errors
+/// The HTTP status and body to refuse the upgrade with: 401 for a missing, unknown or empty
+/// token, 503 when the server is full or the token store unavailable.
+pub(crate) fn admit(
+    ctx: &Arc<Context>,
+    slot: Option<Slot>,
+    sock: &Arc<TcpStream>,
+    peer: SocketAddr,
+    token: Option<String>,
+) -> Result<Conn, Refused> {
+    let Some(token) = token else {
+        metrics::add(&ctx.metrics.auth_failures, 1);
+        return Err(Refused {
+            status: StatusCode::UNAUTHORIZED,
+            body: "missing token\n".to_string(),
+        });
+    };
+    let Some(slot) = slot else {
+        metrics::add(&ctx.metrics.connections_refused, 1);
+        log::warn!(
+            "{peer}: refused, max_connections ({}) reached",
+            ctx.config.max_connections
+        );
+        return Err(Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: "too many connections\n".to_string(),
+        });
+    };
+    ctx.admit(slot, Arc::clone(sock), peer, token).map_err(|e| {
+        let status = match e {
+            AccessError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        log::info!("{peer}: WebSocket refused: {e}");
+        Refused {
+            status,
+            body: format!("{e}\n"),
+        }
+    })
 }
 
 /// The socket as tungstenite sees it: reads come from the client; writes are dropped, because
@@ -62,19 +105,22 @@ impl Write for ReadHalf {
     }
 }
 
-/// Runs an upgraded connection until it closes. The connection's slot in `max_connections` is
-/// already taken and its token admitted; both are given back here.
-pub(crate) fn run(
-    ctx: &Arc<Context>,
-    sock: Arc<TcpStream>,
-    out: Arc<Outbound>,
-    id: ClientId,
-    token: String,
-    rest: Vec<u8>,
-) {
-    let peer = out.peer();
-    ctx.conns.insert(id, Arc::clone(&out));
-    metrics::add(&ctx.metrics.ws_connections, 1);
+/// Answers an admitted upgrade request with 101 (`key` is its `Sec-WebSocket-Key`) and runs
+/// the session until it closes; `rest` is what the client sent after the request head.
+/// Dropping the connection's [`Conn`] at the end gives everything back.
+pub(crate) fn run(ctx: &Arc<Context>, conn: Conn, sock: Arc<TcpStream>, key: &[u8], rest: Vec<u8>) {
+    let peer = conn.sub.out.peer();
+    let accept_key = tungstenite::handshake::derive_accept_key(key);
+    let switching = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    );
+    if let Err(e) = (&*sock).write_all(switching.as_bytes()) {
+        log::debug!("{peer}: handshake failed: {e}");
+        return;
+    }
+    log::debug!("{peer}: WebSocket open");
+    let out = Arc::clone(&conn.sub.out);
     let max = ctx.config.max_line_bytes;
     let config = WebSocketConfig::default()
         // Small: an idle subscriber should cost little; big messages grow it as needed.
@@ -89,11 +135,7 @@ pub(crate) fn run(
     );
     let mut session = Session {
         ctx: Arc::clone(ctx),
-        sub: Subscriber {
-            id,
-            out: Arc::clone(&out),
-        },
-        token,
+        conn,
         peer,
     };
     session.read_loop(ws, &sock);
@@ -103,28 +145,16 @@ pub(crate) fn run(
     out.wait_closed();
     // Our close frame is out: read what the client still sends, so closing the socket does
     // not reset the connection before the client has read it.
-    crate::http::linger(&sock);
+    net::linger(&sock);
     log::debug!("{peer}: WebSocket closed");
 }
 
-/// One WebSocket client's state. Dropping it removes the client everywhere and closes its
-/// queue once written, also when the thread unwinds from a panic.
+/// One WebSocket client's state. Dropping it (its [`Conn`]) removes the client everywhere and
+/// closes its queue once written, also when the thread unwinds from a panic.
 struct Session {
     ctx: Arc<Context>,
-    sub: Subscriber,
-    token: String,
+    conn: Conn,
     peer: SocketAddr,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.ctx.broker.remove_client(self.sub.id);
-        self.ctx.tokens.detach(&self.token, self.sub.id);
-        self.sub.out.close_after_flush(None);
-        self.ctx.conns.remove(self.sub.id);
-        self.ctx.conns.release();
-        metrics::sub(&self.ctx.metrics.ws_connections, 1);
-    }
 }
 
 impl Session {
@@ -149,7 +179,7 @@ impl Session {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    if self.sub.out.is_closed() {
+                    if self.conn.sub.out.is_closed() {
                         return;
                     }
                     if pinged {
@@ -158,7 +188,7 @@ impl Session {
                         return;
                     }
                     pinged = true;
-                    self.sub.out.reply(wsframe::ping(b"mist"));
+                    self.conn.sub.out.reply(wsframe::ping(b"mist"));
                 }
                 Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => return,
                 Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
@@ -190,7 +220,7 @@ impl Session {
     fn handle(&mut self, msg: Message) -> bool {
         match msg {
             Message::Text(text) => {
-                if !self.sub.out.wait_reply_room() {
+                if !self.conn.sub.out.wait_reply_room() {
                     return false;
                 }
                 let reply = match wsjson::parse(text.as_str(), self.ctx.config.max_tags) {
@@ -200,16 +230,16 @@ impl Session {
                         e.reply()
                     }
                 };
-                self.sub.out.reply(wsframe::text(reply.as_bytes()));
+                self.conn.sub.out.reply(wsframe::text(reply.as_bytes()));
             }
             Message::Binary(_) => {
                 metrics::add(&self.ctx.metrics.errors_sent, 1);
                 let reply =
                     wsjson::failure(None, "binary frames are not supported; send JSON text");
-                self.sub.out.reply(wsframe::text(reply.as_bytes()));
+                self.conn.sub.out.reply(wsframe::text(reply.as_bytes()));
             }
             Message::Ping(payload) => {
-                self.sub.out.reply(wsframe::pong(&payload));
+                self.conn.sub.out.reply(wsframe::pong(&payload));
             }
             Message::Pong(_) | Message::Frame(_) => {}
             Message::Close(frame) => {
@@ -231,9 +261,9 @@ impl Session {
         match cmd {
             WsCommand::Ping => wsjson::ok(name),
             WsCommand::Subscribe(set) => {
-                let result = ctx
-                    .tokens
-                    .subscribe_checked(&self.token, &set, || ctx.broker.subscribe(&self.sub, &set));
+                let result = ctx.tokens.subscribe_checked(self.conn.token(), &set, || {
+                    ctx.broker.subscribe(&self.conn.sub, &set)
+                });
                 match result {
                     Ok(Ok(())) => wsjson::ok(name),
                     Ok(Err(e)) => self.failure(name, &e.to_string()),
@@ -245,10 +275,10 @@ impl Session {
                 }
             }
             WsCommand::Unsubscribe(set) => {
-                ctx.broker.unsubscribe(self.sub.id, &set);
+                ctx.broker.unsubscribe(self.conn.sub.id, &set);
                 wsjson::ok(name)
             }
-            WsCommand::List => wsjson::list(&ctx.broker.subscriptions(self.sub.id)),
+            WsCommand::List => wsjson::list(&ctx.broker.subscriptions(self.conn.sub.id)),
         }
     }
 
@@ -258,7 +288,8 @@ impl Session {
     }
 
     fn close(&self, code: u16, reason: &str) {
-        self.sub
+        self.conn
+            .sub
             .out
             .close_after_flush(Some(wsframe::close(code, reason)));
     }

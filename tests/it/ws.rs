@@ -7,7 +7,7 @@ use crate::support::{
     ws_text,
 };
 use mist::auth::memory::MemoryStore;
-use mist::server::PublishError;
+use mist::context::PublishError;
 use mist::tags::TagSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -1268,7 +1268,7 @@ fn an_embedding_program_serves_websockets_and_publishes() {
     thread::spawn(move || {
         for _ in 0..2 {
             let (stream, _) = listener.accept().unwrap();
-            mist::ws::serve(&served, stream);
+            mist::serve(&served, stream);
         }
         done_tx.send(()).unwrap();
     });
@@ -1306,5 +1306,5 @@ fn an_embedding_program_serves_websockets_and_publishes() {
     drop(ws);
     done_rx
         .recv_timeout(TIMEOUT)
-        .expect("ws::serve returns when the connection is closed");
+        .expect("mist::serve returns when the connection is closed");
 }

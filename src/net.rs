@@ -1,0 +1,117 @@
+//! Socket plumbing shared by the listeners: the options every client socket gets, the stack
+//! sizes of connection threads, the open-files limit, and the lingering close.
+
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+/// Stack size of connection threads. They parse, match and copy; nothing recursive runs on
+/// them except JSON parsing, which `serde_json` bounds at 128 levels. Small stacks are what let
+/// 10,000 connections (20,000 threads) fit in a small host's memory.
+pub const CONN_STACK: usize = 128 * 1024;
+/// WebSocket readers parse JSON, so they get more. serde_json stops at 128 levels of nesting,
+/// and parsing that deep takes under 48 KiB of stack in a release build, so 256 KiB leaves
+/// ample room for the rest of the thread. An unoptimised (debug) build needs about 224 KiB for
+/// the parse alone, and overflowed 256 KiB, aborting the whole process, on a frame of deeply
+/// nested JSON; it gets 1 MiB. Stack memory is only committed as it is touched, so the size
+/// costs address space, not resident memory. `tests/it/hostile.rs` sends such frames.
+pub const WS_STACK: usize = if cfg!(debug_assertions) {
+    1024 * 1024
+} else {
+    256 * 1024
+};
+
+/// Idle time before the first keepalive probe.
+pub const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
+/// Time between keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes after which the kernel drops the connection: a peer that vanished
+/// (unplugged, rebooted, behind a NAT that forgot it) is noticed within about two minutes.
+pub const KEEPALIVE_RETRIES: u32 = 6;
+
+/// Sets the options every client socket gets: no Nagle delay (replies and deliveries are
+/// already batched), keepalive (to notice peers that vanished), and the write timeout (a
+/// blocking write that makes no progress for that long fails, and the peer is given up).
+pub fn configure_socket(stream: &TcpStream, write_timeout: Duration) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(write_timeout))?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_TIME)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// Starts a connection thread named `name` with a stack of `stack` bytes.
+///
+/// # Errors
+/// The system cannot create another thread; `f` is dropped then, with whatever it holds.
+pub fn spawn(name: String, stack: usize, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    thread::Builder::new()
+        .name(name)
+        .stack_size(stack)
+        .spawn(f)
+        .map(drop)
+}
+
+/// Raises the soft limit on open files to the hard limit: each connection takes one.
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::warn!(
+                    "cannot raise the open-files limit: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+/// Half-closes, then reads briefly what the client still sends, so closing does not reset the
+/// connection before the client has read the response.
+pub fn linger(mut stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut sink = [0u8; 1024];
+    let mut budget: usize = 64 * 1024;
+    while budget > 0 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => budget = budget.saturating_sub(n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// The options are really set on the socket, as the kernel reports them back.
+    #[test]
+    fn client_sockets_get_keepalive_nodelay_and_the_write_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let sock = socket2::SockRef::from(&server_side);
+        assert!(!sock.keepalive().unwrap());
+        configure_socket(&server_side, Duration::from_secs(7)).unwrap();
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_TIME);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+        assert!(server_side.nodelay().unwrap());
+        assert_eq!(
+            server_side.write_timeout().unwrap(),
+            Some(Duration::from_secs(7))
+        );
+    }
+}
