@@ -11,6 +11,7 @@
 //!   the connection gauge, its subscriptions, and a WebSocket's admitted token.
 
 use crate::auth::{AccessError, TokenStore, Tokens};
+use crate::brake::Brakes;
 use crate::broker::{Broker, ClientId, Subscriber};
 use crate::config::Config;
 use crate::fanout::Fanout;
@@ -30,6 +31,8 @@ pub struct Context {
     pub config: Config,
     pub broker: Broker,
     pub tokens: Tokens,
+    /// The brakes on guessing tokens, and on HTTP sent to the line port.
+    pub brakes: Brakes,
     pub metrics: Arc<Metrics>,
     pub conns: Connections,
     shutting_down: AtomicBool,
@@ -48,6 +51,7 @@ impl Context {
             config,
             broker,
             tokens,
+            brakes: Brakes::new(&metrics),
             metrics,
             shutting_down: AtomicBool::new(false),
         })

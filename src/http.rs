@@ -325,7 +325,14 @@ fn upgrade(
     let key = key.as_bytes().to_vec();
     match ws::admit(ctx, slot, &stream, peer, token_of(&head)) {
         Ok(conn) => ws::run(ctx, conn, stream, &key, head.rest),
-        Err(refused) => respond(&stream, refused.status, &refused.body),
+        Err(refused) => {
+            let retry = refused.retry_after.map(|s| s.to_string());
+            let extra: Vec<_> = retry
+                .iter()
+                .map(|s| (header::RETRY_AFTER, &s[..]))
+                .collect();
+            respond_with(&stream, refused.status, &refused.body, &extra);
+        }
     }
 }
 
@@ -338,7 +345,7 @@ fn respond_with(
     mut stream: &TcpStream,
     status: StatusCode,
     body: &str,
-    extra: &[(header::HeaderName, &'static str)],
+    extra: &[(header::HeaderName, &str)],
 ) {
     let mut builder = Response::builder()
         .status(status)
@@ -350,7 +357,9 @@ fn respond_with(
     for (name, value) in extra {
         builder = builder.header(name, *value);
     }
-    let response = builder.body(body).expect("static headers are valid");
+    let response = builder
+        .body(body)
+        .expect("the headers are static or digits, all valid");
     let bytes = serialize(&response);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     if stream.write_all(&bytes).is_ok() {

@@ -27,6 +27,7 @@
 //!   for embedding.
 //! - [`ws`]: WebSocket admission and sessions.
 //! - [`auth`]: the token store trait, its in-memory store, and the token rules.
+//! - [`brake`]: the per-address budget of failed attempts, and summarised logging (pure core).
 //! - [`metrics`]: counters and their Prometheus form.
 //! - [`server`]: the listeners, their accept loops, and shutdown.
 //! - [`client`]: the command-line client (`mist publish ...`).
@@ -35,6 +36,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod brake;
 pub mod broker;
 pub mod cli;
 pub mod client;

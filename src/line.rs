@@ -95,6 +95,34 @@ pub enum LineError {
     Usage(&'static str),
     #[error("{0}")]
     Invalid(#[from] TagError),
+    /// The line begins like an HTTP request or a `Host:` header (see [`looks_like_http`]):
+    /// the connection must be closed, not answered line by line.
+    #[error("HTTP is not spoken on this port")]
+    Http,
+}
+
+/// The request methods whose request line [`looks_like_http`] recognises, with their space.
+const HTTP_METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"HEAD ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+/// True when a line begins like an HTTP request (`POST / HTTP/1.1`) or a `Host:` header (in
+/// any case). A web page can make the user's browser send an HTTP request to the line port;
+/// its body would otherwise run as commands. No command begins like either, so nothing a
+/// client of the line protocol sends is mistaken for one.
+pub fn looks_like_http(line: &[u8]) -> bool {
+    HTTP_METHODS.iter().any(|m| line.starts_with(m))
+        || line
+            .get(..5)
+            .is_some_and(|h| h.eq_ignore_ascii_case(b"host:"))
 }
 
 /// Parses one line, without its line ending.
@@ -103,7 +131,8 @@ pub enum LineError {
 /// that follows the tags.
 ///
 /// # Errors
-/// An unknown command, wrong arguments, or an invalid tag list or token.
+/// An unknown command, wrong arguments, or an invalid tag list or token; [`LineError::Http`]
+/// for a line that begins like HTTP, after which the connection must be closed.
 pub fn parse(line: &[u8], max_tags: usize) -> Result<Command<'_>, LineError> {
     if line.is_empty() {
         return Err(LineError::Empty);
@@ -154,6 +183,8 @@ pub fn parse(line: &[u8], max_tags: usize) -> Result<Command<'_>, LineError> {
         }
         #[cfg(debug_assertions)]
         b"debug-panic" => no_args(rest, Command::DebugPanic, "debug-panic"),
+        // Checked only here, for lines that are no command: the known ones pay nothing.
+        _ if looks_like_http(line) => Err(LineError::Http),
         _ => Err(LineError::UnknownCommand(printable(name, 40))),
     }
 }
@@ -424,6 +455,76 @@ mod tests {
             parse(b"he\x01llo", 32),
             Err(LineError::UnknownCommand("he\\u{1}llo".into()))
         );
+    }
+
+    /// Request lines of every method and `Host:` headers in any case, with either line ending
+    /// (framing has removed the `\n`; a `\r` may be left only inside the line), are HTTP.
+    #[test]
+    fn http_request_lines_and_host_headers_are_recognised() {
+        for line in [
+            "GET / HTTP/1.1",
+            "POST / HTTP/1.1",
+            "PUT /x HTTP/1.0",
+            "HEAD / HTTP/1.1",
+            "DELETE /a?b HTTP/1.1",
+            "OPTIONS * HTTP/1.1",
+            "PATCH / HTTP/1.1",
+            "CONNECT 127.0.0.1:1445 HTTP/1.1",
+            "TRACE / HTTP/1.1",
+            "POST ",
+            "Host: 127.0.0.1:1445",
+            "host:x",
+            "HOST: x",
+            "hOsT:",
+        ] {
+            assert!(looks_like_http(line.as_bytes()), "{line}");
+            assert_eq!(p(line), Err(LineError::Http), "{line}");
+        }
+        assert_eq!(
+            LineError::Http.to_string(),
+            "HTTP is not spoken on this port"
+        );
+    }
+
+    /// Commands whose arguments or data contain the same words are commands; and a word that
+    /// only starts like a method or a header is an unknown command, as before.
+    #[test]
+    fn lines_that_only_contain_http_words_are_not_http() {
+        assert_eq!(
+            p("publish a POST / HTTP/1.1"),
+            Ok(Command::Publish {
+                tags: b"a",
+                normalised: true,
+                data: b"POST / HTTP/1.1"
+            })
+        );
+        assert_eq!(
+            p("publish a Host: x"),
+            Ok(Command::Publish {
+                tags: b"a",
+                normalised: true,
+                data: b"Host: x"
+            })
+        );
+        for line in [
+            "POST",
+            "GET",
+            "get / HTTP/1.1",
+            "post / HTTP/1.1",
+            "GETX /",
+            "Host",
+            "Hostname: x",
+            "Host :x",
+            " GET / HTTP/1.1",
+            "X-Host: x",
+        ] {
+            assert!(!looks_like_http(line.as_bytes()), "{line}");
+            assert!(
+                matches!(p(line), Err(LineError::UnknownCommand(_))),
+                "{line}: {:?}",
+                p(line)
+            );
+        }
     }
 
     #[test]

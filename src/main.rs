@@ -269,13 +269,29 @@ fn init_logging(level: log::LevelFilter) {
 
 /// The log, minus what must never be in it: the PostgreSQL client logs every statement's
 /// parameters at DEBUG (`executing statement ... with parameters: [...]`), and those are
-/// tokens. Its INFO and above (server notices) still pass.
+/// tokens; the WebSocket library logs every frame it receives at TRACE (`received frame ...`,
+/// `Received message ...`), and those carry commands and message data. Their INFO and above
+/// (server notices, say) still pass.
 struct Filtered(Box<simplelog::WriteLogger<std::io::Stderr>>);
+
+/// Libraries whose DEBUG and TRACE lines can hold tokens or message data.
+const QUIET_BELOW_INFO: [&str; 2] = ["tokio_postgres", "tungstenite"];
 
 impl Filtered {
     fn keep(metadata: &log::Metadata<'_>) -> bool {
-        !(metadata.target().starts_with("tokio_postgres") && metadata.level() > log::Level::Info)
+        metadata.level() <= log::Level::Info
+            || !QUIET_BELOW_INFO
+                .iter()
+                .any(|lib| in_crate(metadata.target(), lib))
     }
+}
+
+/// True when a log target belongs to crate `lib` (`lib` itself or `lib::module`), not merely
+/// to a crate whose name starts the same.
+fn in_crate(target: &str, lib: &str) -> bool {
+    target
+        .strip_prefix(lib)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
 }
 
 impl log::Log for Filtered {
@@ -291,5 +307,37 @@ impl log::Log for Filtered {
 
     fn flush(&self) {
         self.0.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(target: &str, level: log::Level) -> bool {
+        Filtered::keep(&log::Metadata::builder().target(target).level(level).build())
+    }
+
+    /// The lines that can carry tokens or message data are dropped; the same libraries'
+    /// warnings, and mist's own lines at every level, are kept.
+    #[test]
+    fn library_lines_that_carry_client_data_are_dropped() {
+        for target in [
+            "tungstenite",
+            "tungstenite::protocol",
+            "tungstenite::protocol::frame",
+            "tokio_postgres::query",
+        ] {
+            for level in [log::Level::Trace, log::Level::Debug] {
+                assert!(!kept(target, level), "{target} at {level}");
+            }
+            for level in [log::Level::Info, log::Level::Warn, log::Level::Error] {
+                assert!(kept(target, level), "{target} at {level}");
+            }
+        }
+        for level in [log::Level::Trace, log::Level::Debug, log::Level::Info] {
+            assert!(kept("mist::tcp", level));
+            assert!(kept("tungstenite_other", level));
+        }
     }
 }

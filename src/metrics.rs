@@ -18,6 +18,14 @@ pub struct Metrics {
     pub drops: AtomicU64,
     pub slow_consumer_notices: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Addresses that used up their failure budget (see `brake.rs`), by what they guessed.
+    pub auth_lockouts_admin: AtomicU64,
+    pub auth_lockouts_websocket: AtomicU64,
+    /// Attempts refused unchecked because their address was locked out.
+    pub auth_refused_admin: AtomicU64,
+    pub auth_refused_websocket: AtomicU64,
+    /// Line-protocol connections closed because a line began like HTTP.
+    pub line_http_closed: AtomicU64,
     pub revocations: AtomicU64,
     pub write_timeouts: AtomicU64,
     pub errors_sent: AtomicU64,
@@ -105,6 +113,30 @@ impl Metrics {
             "counter",
             "Refused WebSocket tokens and wrong admin tokens.",
             &[("", g(&self.auth_failures))],
+        );
+        metric(
+            "mist_auth_lockouts_total",
+            "counter",
+            "Times an address used up its budget of failed attempts and was locked out.",
+            &[
+                ("{kind=\"admin\"}", g(&self.auth_lockouts_admin)),
+                ("{kind=\"websocket\"}", g(&self.auth_lockouts_websocket)),
+            ],
+        );
+        metric(
+            "mist_auth_refused_total",
+            "counter",
+            "Attempts refused without being checked because their address was locked out.",
+            &[
+                ("{kind=\"admin\"}", g(&self.auth_refused_admin)),
+                ("{kind=\"websocket\"}", g(&self.auth_refused_websocket)),
+            ],
+        );
+        metric(
+            "mist_line_http_closed_total",
+            "counter",
+            "Line-protocol connections closed because a line began like HTTP (a cross-protocol request).",
+            &[("", g(&self.line_http_closed))],
         );
         metric(
             "mist_revocations_total",

@@ -2,10 +2,11 @@
 //! client's writer thread (see `outbound.rs`) starts when its socket is slow.
 
 use crate::auth::{self, StoreError};
+use crate::brake;
 use crate::context::{Conn, Context, Slot};
 use crate::fanout::Fanout;
 use crate::framing::{Event, LineReader};
-use crate::line::{self, Command};
+use crate::line::{self, Command, LineError};
 use crate::metrics;
 use crate::net;
 use std::io::{self, Write};
@@ -64,6 +65,14 @@ fn run(ctx: &Arc<Context>, slot: Slot, sock: Arc<TcpStream>, peer: SocketAddr) {
     log::debug!("{peer}: disconnected");
 }
 
+/// Whether a connection goes on after a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// The connection is closing: read nothing more.
+    Close,
+}
+
 /// One client's command state. Dropping it (its [`Conn`]) removes the client from the index
 /// and the registry and closes its queue once written, also when its thread unwinds from a
 /// panic.
@@ -71,7 +80,7 @@ struct Session {
     ctx: Arc<Context>,
     conn: Conn,
     fanout: Fanout,
-    /// `auth ADMIN_TOKEN` succeeded on this connection.
+    /// The last `auth ADMIN_TOKEN` on this connection was right.
     authed: bool,
     peer: SocketAddr,
 }
@@ -93,9 +102,13 @@ impl Session {
                 }
             }
             while let Some(event) = lines.next_event() {
-                match event {
+                let flow = match event {
                     Event::Line(l) => self.handle_line(l),
                     Event::TooLong => self.too_long(),
+                };
+                if flow == Flow::Close {
+                    // Not one more line, not even those already read.
+                    return;
                 }
             }
             self.fanout.flush();
@@ -107,42 +120,63 @@ impl Session {
         match lines.take_rest() {
             Some(Event::Line(rest)) => {
                 let rest = rest.to_vec();
-                self.handle_line(&rest);
+                // The connection ends here either way.
+                let _ = self.handle_line(&rest);
                 self.fanout.flush();
             }
-            Some(Event::TooLong) => self.too_long(),
+            Some(Event::TooLong) => {
+                let _ = self.too_long();
+            }
             None => {}
         }
     }
 
-    fn handle_line(&mut self, l: &[u8]) {
+    fn handle_line(&mut self, l: &[u8]) -> Flow {
         match line::parse(l, self.ctx.config.max_tags) {
             Ok(Command::Publish {
                 tags,
                 normalised,
                 data,
-            }) => self.fanout.add(tags, normalised, data),
+            }) => {
+                self.fanout.add(tags, normalised, data);
+                Flow::Continue
+            }
             Ok(cmd) => {
                 // Deliver what was published before this command first, so a publisher that is
                 // also a subscriber sees its messages before the reply.
                 self.fanout.flush();
                 if self.conn.sub.out.wait_reply_room() {
-                    self.execute(cmd);
+                    self.execute(cmd)
+                } else {
+                    Flow::Continue
                 }
             }
+            Err(LineError::Http) => self.http(),
             Err(e) => {
                 self.fanout.flush();
                 if self.conn.sub.out.wait_reply_room() {
                     self.error(&e.to_string());
                 }
+                Flow::Continue
             }
         }
     }
 
-    fn execute(&mut self, cmd: Command<'_>) {
+    /// A line began like HTTP: most likely a web page made the user's browser send a request
+    /// here, whose body would run as commands. Closes without reading another line; what
+    /// came before it stands.
+    fn http(&mut self) -> Flow {
+        self.fanout.flush();
+        metrics::add(&self.ctx.metrics.line_http_closed, 1);
+        self.ctx.brakes.http_on_line.fail(self.peer);
+        self.close_with(&LineError::Http.to_string());
+        Flow::Close
+    }
+
+    fn execute(&mut self, cmd: Command<'_>) -> Flow {
         if let (true, Err(reason)) = (cmd.is_admin(), self.admin_allowed()) {
             self.error(reason);
-            return;
+            return Flow::Continue;
         }
         let ctx = Arc::clone(&self.ctx);
         match cmd {
@@ -157,7 +191,7 @@ impl Session {
                 let subs = ctx.broker.subscriptions(self.conn.sub.id);
                 self.reply(line::list_reply(&subs));
             }
-            Command::Auth { token } => self.auth(token),
+            Command::Auth { token } => return self.auth(token),
             Command::Register { tags, token } => {
                 self.store_result(ctx.tokens.register(token, &tags))
             }
@@ -174,6 +208,7 @@ impl Session {
             #[cfg(debug_assertions)]
             Command::DebugPanic => panic!("debug-panic requested by the client"),
         }
+        Flow::Continue
     }
 
     /// The admin rule: with an `admin_token`, only after `auth`; without one, only from
@@ -186,18 +221,37 @@ impl Session {
         )
     }
 
-    fn auth(&mut self, token: &[u8]) {
+    /// `auth`: checks the admin token, within the address's budget of failures (see
+    /// `brake.rs`). The connection holds admin rights only while its last `auth` was right.
+    /// A refused attempt, or the failure that uses the budget up, closes the connection.
+    fn auth(&mut self, token: &[u8]) -> Flow {
         let Some(expected) = self.ctx.config.admin_token.as_deref() else {
             self.error("auth is not enabled: no admin_token is configured");
-            return;
+            return Flow::Continue;
         };
+        self.authed = false;
+        let brake = &self.ctx.brakes.admin;
+        if let Err(left) = brake.check(self.peer) {
+            let secs = brake::whole_seconds(left);
+            self.close_with(&format!(
+                "auth refused for {secs} s: too many wrong admin tokens from this address"
+            ));
+            return Flow::Close;
+        }
         if auth::secrets_equal(token, expected.as_bytes()) {
             self.authed = true;
-        } else {
-            metrics::add(&self.ctx.metrics.auth_failures, 1);
-            log::warn!("{}: wrong admin token", self.peer);
-            self.error("wrong admin token");
+            return Flow::Continue;
         }
+        metrics::add(&self.ctx.metrics.auth_failures, 1);
+        if brake.fail(self.peer) {
+            let secs = brake.lockout().as_secs();
+            self.close_with(&format!(
+                "wrong admin token; too many from this address: auth refused for {secs} s"
+            ));
+            return Flow::Close;
+        }
+        self.error("wrong admin token");
+        Flow::Continue
     }
 
     fn store_result(&mut self, result: Result<(), StoreError>) {
@@ -209,10 +263,22 @@ impl Session {
         }
     }
 
-    fn too_long(&mut self) {
+    fn too_long(&mut self) -> Flow {
         self.fanout.flush();
         let max = self.ctx.config.max_line_bytes;
         self.error(&format!("line too long (max_line_bytes {max})"));
+        Flow::Continue
+    }
+
+    /// Sends `error REASON` as the last line and closes once it is written. Nothing more is
+    /// read: the caller returns [`Flow::Close`].
+    fn close_with(&self, reason: &str) {
+        log::debug!("{}: error {reason}; closing", self.peer);
+        metrics::add(&self.ctx.metrics.errors_sent, 1);
+        self.conn
+            .sub
+            .out
+            .close_after_flush(Some(line::error_reply(reason)));
     }
 
     fn reply(&self, bytes: Vec<u8>) {

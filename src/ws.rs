@@ -14,6 +14,7 @@
 //! it holds a `max_connections` slot. [`run`] then answers 101 and runs the session.
 
 use crate::auth::AccessError;
+use crate::brake;
 use crate::context::{Conn, Context, Slot};
 use crate::metrics;
 use crate::net;
@@ -35,6 +36,8 @@ const CLOSE_INVALID_DATA: u16 = 1007;
 pub(crate) struct Refused {
     pub(crate) status: StatusCode,
     pub(crate) body: String,
+    /// Seconds to wait before trying again (`Retry-After`), for a 429.
+    pub(crate) retry_after: Option<u64>,
 }
 
 /// Admits an upgrade request whose handshake checked out: it needs a token (`token_of` the
@@ -44,7 +47,8 @@ pub(crate) struct Refused {
 ///
 /// # Errors
 /// The HTTP status and body to refuse the upgrade with: 401 for a missing, unknown or empty
-/// token, 503 when the server is full or the token store unavailable.
+/// token, 429 when the address is locked out for guessing tokens (see `brake.rs`), 503 when
+/// the server is full or the token store unavailable.
 pub(crate) fn admit(
     ctx: &Arc<Context>,
     slot: Option<Slot>,
@@ -57,8 +61,17 @@ pub(crate) fn admit(
         return Err(Refused {
             status: StatusCode::UNAUTHORIZED,
             body: "missing token\n".to_string(),
+            retry_after: None,
         });
     };
+    // An address that guessed too many tokens is refused before its token is looked at.
+    if let Err(left) = ctx.brakes.websocket.check(peer) {
+        return Err(Refused {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: "too many unknown tokens from this address\n".to_string(),
+            retry_after: Some(brake::whole_seconds(left)),
+        });
+    }
     let Some(slot) = slot else {
         metrics::add(&ctx.metrics.connections_refused, 1);
         log::warn!(
@@ -68,6 +81,7 @@ pub(crate) fn admit(
         return Err(Refused {
             status: StatusCode::SERVICE_UNAVAILABLE,
             body: "too many connections\n".to_string(),
+            retry_after: None,
         });
     };
     ctx.admit(slot, Arc::clone(sock), peer, token).map_err(|e| {
@@ -75,10 +89,16 @@ pub(crate) fn admit(
             AccessError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         };
-        log::info!("{peer}: WebSocket refused: {e}");
+        if e == AccessError::UnknownToken {
+            // Counted against the address's budget, and logged by the brake in summaries.
+            ctx.brakes.websocket.fail(peer);
+        } else {
+            log::info!("{peer}: WebSocket refused: {e}");
+        }
         Refused {
             status,
             body: format!("{e}\n"),
+            retry_after: None,
         }
     })
 }

@@ -10,6 +10,7 @@ mod config;
 mod hostile;
 mod matching;
 mod pg;
+mod security;
 mod shutdown;
 mod smoke;
 mod tcp;

@@ -6,7 +6,7 @@ use mist::auth::TokenStore;
 use mist::auth::memory::MemoryStore;
 use mist::{Config, Server};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 use tungstenite::Message;
 use tungstenite::protocol::WebSocket;
@@ -182,9 +182,32 @@ pub fn try_ws_connect_with(
     query: Option<&str>,
     extra: &[(&str, &str)],
 ) -> Result<WebSocket<TcpStream>, u16> {
-    let stream = TcpStream::connect(http).expect("connect");
+    try_ws_connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST), http, header, query, extra)
+}
+
+/// A TCP connection to `addr` from the local address `from` (any of 127.0.0.0/8 is
+/// loopback: a second client address for tests of per-address limits), with the usual
+/// timeouts.
+pub fn connect_from(from: IpAddr, addr: SocketAddr) -> TcpStream {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(from, 0).into()).unwrap();
+    sock.connect(&addr.into()).expect("connect");
+    let stream: TcpStream = sock.into();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// [`try_ws_connect_with`] from the local address `from`.
+pub fn try_ws_connect_from(
+    from: IpAddr,
+    http: SocketAddr,
+    header: Option<&str>,
+    query: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<WebSocket<TcpStream>, u16> {
+    let stream = connect_from(from, http);
     let mut url = format!("ws://{http}/subscribe/websocket");
     if let Some(q) = query {
         url.push_str(&format!("?x-auth-token={q}"));

@@ -962,8 +962,11 @@ fn with_admin_token_auth_is_needed_per_connection() {
     }
     c.send("tags tok");
     c.expect("tags tok b");
-    // A later wrong `auth` on the authenticated connection is an error too.
+    // A later wrong `auth` on the authenticated connection is an error too, and takes the
+    // admin rights away (see also `security.rs`).
     expect_error(&mut c, b"auth nope\n", "error wrong admin token");
+    expect_error(&mut c, b"unregister tok\n", need);
+    c.send("auth s3cret");
     c.send("unregister tok");
     c.send("tags tok");
     c.expect("error unknown token");
