@@ -2090,6 +2090,11 @@ fn a_panicking_connection_is_logged_with_its_peer_and_ends_only_itself() {
         p.send(&format!("publish a after panic {round}"));
         p.ping();
         assert_eq!(sub.sync(), [format!("publish a after panic {round}")]);
+        // The next round counts connections: this one must be counted out first.
+        drop(p);
+        wait_until("the publisher to be counted out", TIMEOUT, || {
+            d.metric("mist_connections{transport=\"tcp\"}") == 1
+        });
     }
     drop(sub);
     d.settle_to(threads0, fds0, TIMEOUT);
