@@ -104,7 +104,10 @@ impl Session {
             while let Some(event) = lines.next_event() {
                 let flow = match event {
                     Event::Line(l) => self.handle_line(l),
-                    Event::TooLong => self.too_long(),
+                    Event::TooLong => {
+                        self.too_long();
+                        Flow::Continue
+                    }
                 };
                 if flow == Flow::Close {
                     // Not one more line, not even those already read.
@@ -124,9 +127,7 @@ impl Session {
                 let _ = self.handle_line(&rest);
                 self.fanout.flush();
             }
-            Some(Event::TooLong) => {
-                let _ = self.too_long();
-            }
+            Some(Event::TooLong) => self.too_long(),
             None => {}
         }
     }
@@ -151,7 +152,7 @@ impl Session {
                     Flow::Continue
                 }
             }
-            Err(LineError::Http) => self.http(),
+            Err(LineError::Http) => self.refuse_http(),
             Err(e) => {
                 self.fanout.flush();
                 if self.conn.sub.out.wait_reply_room() {
@@ -165,7 +166,7 @@ impl Session {
     /// A line began like HTTP: most likely a web page made the user's browser send a request
     /// here, whose body would run as commands. Closes without reading another line; what
     /// came before it stands.
-    fn http(&mut self) -> Flow {
+    fn refuse_http(&mut self) -> Flow {
         self.fanout.flush();
         metrics::add(&self.ctx.metrics.line_http_closed, 1);
         self.ctx.brakes.http_on_line.fail(self.peer);
@@ -263,11 +264,10 @@ impl Session {
         }
     }
 
-    fn too_long(&mut self) -> Flow {
+    fn too_long(&mut self) {
         self.fanout.flush();
         let max = self.ctx.config.max_line_bytes;
         self.error(&format!("line too long (max_line_bytes {max})"));
-        Flow::Continue
     }
 
     /// Sends `error REASON` as the last line and closes once it is written. Nothing more is
