@@ -325,14 +325,15 @@ fn upgrade(
     let key = key.as_bytes().to_vec();
     match ws::admit(ctx, slot, &stream, peer, token_of(&head)) {
         Ok(conn) => ws::run(ctx, conn, stream, &key, head.rest),
-        Err(refused) => {
-            let retry = refused.retry_after.map(|s| s.to_string());
-            let extra: Vec<_> = retry
-                .iter()
-                .map(|s| (header::RETRY_AFTER, &s[..]))
-                .collect();
-            respond_with(&stream, refused.status, &refused.body, &extra);
-        }
+        Err(refused) => match refused.retry_after {
+            Some(secs) => respond_with(
+                &stream,
+                refused.status,
+                &refused.body,
+                &[(header::RETRY_AFTER, &secs.to_string())],
+            ),
+            None => respond(&stream, refused.status, &refused.body),
+        },
     }
 }
 
