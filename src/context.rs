@@ -18,6 +18,7 @@ use crate::fanout::Fanout;
 use crate::metrics::{self, Metrics};
 use crate::net;
 use crate::outbound::{Limits, Outbound, Transport};
+use crate::pending::PendingHeads;
 use crate::tags::TagSet;
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -35,6 +36,8 @@ pub struct Context {
     pub brakes: Brakes,
     pub metrics: Arc<Metrics>,
     pub conns: Connections,
+    /// The HTTP request heads being read, bounded in total and per client address.
+    pub pending_heads: PendingHeads,
     shutting_down: AtomicBool,
 }
 
@@ -48,6 +51,7 @@ impl Context {
         let tokens = Tokens::new(store, broker.clone(), Arc::clone(&metrics));
         Arc::new(Context {
             conns: Connections::new(config.max_connections),
+            pending_heads: PendingHeads::default(),
             config,
             broker,
             tokens,

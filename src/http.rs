@@ -1,36 +1,36 @@
 //! The HTTP listener's connections: `/subscribe/websocket` (upgraded to a WebSocket session),
 //! `/ping` and `/metrics`; 404 for other paths, 400 for what is not HTTP.
 //!
-//! A request head is read with a size limit ([`MAX_HEAD`]) and a deadline for the whole head
-//! (`http_head_timeout`), so a client dribbling bytes cannot hold a thread. At most
-//! [`MAX_PENDING_HEADS`] heads are read at once. Heads are parsed by `httparse`; responses are
-//! built from the `http` crate's types. One request per connection.
+//! A request head is read with a size limit ([`MAX_HEAD`], at most [`MAX_HEADERS`] headers) and
+//! a deadline for the whole head (`http_head_timeout`), so a client dribbling bytes cannot hold
+//! a thread. How many heads are read at once, in all and from one address, is bounded by the
+//! server's [`PendingHeads`](crate::pending::PendingHeads). Heads are parsed by `httparse`;
+//! responses are built from the `http` crate's types. One request per connection.
 
 use crate::context::{Context, Slot};
 use crate::metrics;
 use crate::net;
+use crate::pending::Refusal;
 use crate::ws;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The largest request head accepted, in bytes.
 pub const MAX_HEAD: usize = 16 * 1024;
-/// Request heads read at the same time; past it, new connections get 503 at once.
-pub const MAX_PENDING_HEADS: usize = 1024;
+/// The most header fields a request head may have. Browsers send about 20, proxies add a few
+/// each; Apache and Tomcat allow 100.
+pub const MAX_HEADERS: usize = 128;
 /// The WebSocket endpoint.
 pub const WS_PATH: &str = "/subscribe/websocket";
-
-static PENDING_HEADS: AtomicUsize = AtomicUsize::new(0);
 
 /// Takes a new HTTP connection from the accept loop and serves it on its own thread.
 ///
 /// The connection takes a `max_connections` slot from its first byte if one is free. One that
-/// finds the server full is still answered, on the budget of pending request heads: plain
+/// finds the server full is still answered, within the bounds on pending request heads: plain
 /// requests (`/ping`, `/metrics`) are not clients, but its WebSocket upgrade gets 503.
 pub fn accept(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let sock = Arc::new(stream);
@@ -75,6 +75,8 @@ pub struct Head {
 pub enum HeadError {
     #[error("request head larger than {MAX_HEAD} bytes")]
     TooLarge,
+    #[error("too many headers (more than {MAX_HEADERS})")]
+    TooManyHeaders,
     #[error("request head not complete in time")]
     Timeout,
     #[error("malformed request: {0}")]
@@ -88,25 +90,24 @@ pub enum HeadError {
 /// Serves one HTTP connection to the end: a plain request, or a whole WebSocket session.
 fn handle(ctx: &Arc<Context>, stream: Arc<TcpStream>, peer: SocketAddr, slot: Option<Slot>) {
     log::debug!("{peer}: HTTP connection");
-    if PENDING_HEADS.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_HEADS {
-        PENDING_HEADS.fetch_sub(1, Ordering::AcqRel);
-        log::warn!("{peer}: too many request heads in progress, answered 503");
-        respond(
-            &stream,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many pending requests\n",
-        );
-        return;
-    }
+    let pending = match ctx.pending_heads.try_take(peer.ip()) {
+        Ok(pending) => pending,
+        Err(refusal) => {
+            refuse_pending(&stream, peer, refusal);
+            return;
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(ctx.config.http_head_timeout);
     let head = read_head(&stream, deadline);
-    PENDING_HEADS.fetch_sub(1, Ordering::AcqRel);
+    drop(pending);
     let head = match head {
         Ok(h) => h,
         Err(e) => {
             log::debug!("{peer}: {e}");
             let status = match e {
-                HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                HeadError::TooLarge | HeadError::TooManyHeaders => {
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                }
                 HeadError::Timeout => StatusCode::REQUEST_TIMEOUT,
                 HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
                 HeadError::Closed | HeadError::Io(_) => return,
@@ -139,6 +140,33 @@ fn handle(ctx: &Arc<Context>, stream: Arc<TcpStream>, peer: SocketAddr, slot: Op
         WS_PATH => upgrade(ctx, stream, peer, head, slot),
         _ => respond(&stream, StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Answers a connection that found no slot to read its head in: 429 when its address holds
+/// all of its own, 503 when the whole server is at its bound. Only the first refusal of a run
+/// of them is a warning, so that a flood of connections cannot flood the log.
+fn refuse_pending(stream: &TcpStream, peer: SocketAddr, refusal: Refusal) {
+    let (status, body, why) = match refusal {
+        Refusal::Address { limit, .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many pending requests from this address\n",
+            format!("{limit} request heads are already in progress from this address"),
+        ),
+        Refusal::Total { limit, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many pending requests\n",
+            format!("{limit} request heads are already in progress"),
+        ),
+    };
+    if refusal.first() {
+        log::warn!(
+            "{peer}: {why}; answering {} to more until some finish",
+            status.as_u16()
+        );
+    } else {
+        log::debug!("{peer}: {why}; answered {}", status.as_u16());
+    }
+    respond(stream, status, body);
 }
 
 /// Reads and parses a request head, before `deadline`.
@@ -186,12 +214,12 @@ pub fn read_head(mut stream: &TcpStream, deadline: Instant) -> Result<Head, Head
 /// # Errors
 /// The bytes are not an HTTP/1.x request head.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
     let used = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(e) => return Err(HeadError::Malformed(e.to_string())),
     };
     let target = req.path.unwrap_or("/");
@@ -216,21 +244,45 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     }))
 }
 
+/// Why a WebSocket request has no usable token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Neither the header nor the query parameter is there.
+    #[error("missing token")]
+    Missing,
+    /// The token that wins (the header when there is one, else the query parameter) is not
+    /// valid UTF-8, so it cannot be any registered token.
+    #[error("invalid token encoding")]
+    Encoding,
+}
+
 /// The token of a WebSocket request: the `X-Auth-Token` header, else the `x-auth-token` query
-/// parameter. Pure.
-pub fn token_of(head: &Head) -> Option<String> {
+/// parameter (percent-decoded). The header's bytes are taken as they are when they are UTF-8,
+/// so a token registered as `tokéutf` can be sent raw. A header that is there but not UTF-8 is
+/// an error, and the query is then not looked at: the header wins whenever it is given, and a
+/// request must not be let in on a different token than the one it put first. Pure.
+///
+/// # Errors
+/// No token, or the winning one is not UTF-8.
+pub fn token_of(head: &Head) -> Result<String, TokenError> {
     if let Some(v) = head.headers.get("x-auth-token") {
-        return v.to_str().ok().map(str::to_string);
+        return std::str::from_utf8(v.as_bytes())
+            .map(str::to_string)
+            .map_err(|_| TokenError::Encoding);
     }
-    let query = head.query.as_deref()?;
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == "x-auth-token").then(|| percent_decode(v))
-    })
+    let query = head.query.as_deref().ok_or(TokenError::Missing)?;
+    let value = query
+        .split('&')
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == "x-auth-token").then_some(v)
+        })
+        .ok_or(TokenError::Missing)?;
+    String::from_utf8(percent_decode(value)).map_err(|_| TokenError::Encoding)
 }
 
 /// Decodes `%XX` escapes and `+` in a query value; invalid escapes are kept as they are.
-fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -252,7 +304,7 @@ fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -401,14 +453,84 @@ mod tests {
         assert_eq!(head.path, WS_PATH);
         assert_eq!(head.query.as_deref(), Some("a=1&x-auth-token=t%20k"));
         assert_eq!(head.rest, b"\x81\x00");
-        assert_eq!(token_of(&head).as_deref(), Some("t k"));
+        assert_eq!(token_of(&head).as_deref(), Ok("t k"));
     }
 
     #[test]
     fn header_token_wins_over_query() {
         let raw = b"GET /subscribe/websocket?x-auth-token=q HTTP/1.1\r\nX-Auth-Token: h\r\n\r\n";
         let head = parse_head(raw).unwrap().unwrap();
-        assert_eq!(token_of(&head).as_deref(), Some("h"));
+        assert_eq!(token_of(&head).as_deref(), Ok("h"));
+    }
+
+    fn token_of_raw(raw: &[u8]) -> Result<String, TokenError> {
+        token_of(&parse_head(raw).unwrap().unwrap())
+    }
+
+    #[test]
+    fn a_utf8_token_in_the_header_is_taken_as_sent() {
+        assert_eq!(
+            token_of_raw("GET / HTTP/1.1\r\nX-Auth-Token: tokéutf\r\n\r\n".as_bytes()),
+            Ok("tokéutf".to_string())
+        );
+        assert_eq!(
+            token_of_raw("GET / HTTP/1.1\r\nx-auth-token: 鍵🔑\r\n\r\n".as_bytes()),
+            Ok("鍵🔑".to_string())
+        );
+    }
+
+    #[test]
+    fn a_header_token_that_is_not_utf8_is_an_encoding_error_and_the_query_is_not_used() {
+        // Latin-1 é: a byte HTTP allows in a header value, but no UTF-8 token.
+        let raw = b"GET /?x-auth-token=q HTTP/1.1\r\nX-Auth-Token: tok\xe9\r\n\r\n";
+        assert_eq!(token_of_raw(raw), Err(TokenError::Encoding));
+        assert_eq!(
+            token_of_raw(b"GET / HTTP/1.1\r\nX-Auth-Token: \xff\r\n\r\n"),
+            Err(TokenError::Encoding)
+        );
+        assert_eq!(TokenError::Encoding.to_string(), "invalid token encoding");
+    }
+
+    #[test]
+    fn query_tokens() {
+        let q = |target: &str| token_of_raw(format!("GET {target} HTTP/1.1\r\n\r\n").as_bytes());
+        assert_eq!(q("/?x-auth-token=tok%C3%A9utf"), Ok("tokéutf".to_string()));
+        assert_eq!(
+            q("/?a=1&x-auth-token=t&x-auth-token=u"),
+            Ok("t".to_string())
+        );
+        assert_eq!(q("/?x-auth-token=tok%E9"), Err(TokenError::Encoding));
+        assert_eq!(q("/?x-auth-token"), Ok(String::new()));
+        assert_eq!(q("/?other=1"), Err(TokenError::Missing));
+        assert_eq!(q("/"), Err(TokenError::Missing));
+        assert_eq!(TokenError::Missing.to_string(), "missing token");
+    }
+
+    fn head_with_headers(n: usize) -> Vec<u8> {
+        let mut raw = b"GET /ping HTTP/1.1\r\n".to_vec();
+        for i in 0..n {
+            raw.extend_from_slice(format!("X-Forwarded-Hop-{i}: 10.0.0.{i}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        raw
+    }
+
+    #[test]
+    fn up_to_max_headers_are_read_and_more_are_refused_as_too_many() {
+        for n in [64, 65, 100, MAX_HEADERS] {
+            let head = parse_head(&head_with_headers(n)).unwrap().unwrap();
+            assert_eq!(head.headers.len(), n);
+        }
+        let err = parse_head(&head_with_headers(MAX_HEADERS + 1)).unwrap_err();
+        assert!(matches!(err, HeadError::TooManyHeaders), "{err:?}");
+        assert_eq!(err.to_string(), "too many headers (more than 128)");
+        // Known as soon as the extra header is there, before the head is complete.
+        let mut partial = head_with_headers(MAX_HEADERS + 1);
+        partial.truncate(partial.len() - 2);
+        assert!(matches!(
+            parse_head(&partial),
+            Err(HeadError::TooManyHeaders)
+        ));
     }
 
     #[test]
@@ -445,9 +567,11 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Cb+c"), "a,b c");
-        assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
-        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("a%2Cb+c"), b"a,b c");
+        assert_eq!(percent_decode("bad%zz%"), b"bad%zz%");
+        assert_eq!(percent_decode("%4"), b"%4");
+        assert_eq!(percent_decode("%41"), b"A");
+        assert_eq!(percent_decode("%ff"), b"\xff");
     }
 
     #[test]

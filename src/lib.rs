@@ -25,6 +25,7 @@
 //! - [`tcp`]: line-protocol connections.
 //! - [`http`]: the HTTP listener: `/subscribe/websocket`, `/ping`, `/metrics`; and [`serve`]
 //!   for embedding.
+//! - [`pending`]: the HTTP request heads being read, bounded in total and per address.
 //! - [`ws`]: WebSocket admission and sessions.
 //! - [`auth`]: the token store trait, its in-memory store, and the token rules.
 //! - [`brake`]: the per-address budget of failed attempts, and summarised logging (pure core).
@@ -51,6 +52,7 @@ pub mod metrics;
 pub mod net;
 pub mod outbound;
 pub mod pacing;
+pub mod pending;
 pub mod server;
 pub mod tags;
 pub mod tcp;

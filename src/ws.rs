@@ -16,6 +16,7 @@
 use crate::auth::AccessError;
 use crate::brake;
 use crate::context::{Conn, Context, Slot};
+use crate::http::TokenError;
 use crate::metrics;
 use crate::net;
 use crate::wsframe::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG};
@@ -47,23 +48,23 @@ pub(crate) struct Refused {
 ///
 /// # Errors
 /// The HTTP status and body to refuse the upgrade with: 401 for a missing, unknown or empty
-/// token, 429 when the address is locked out for guessing tokens (see `brake.rs`), 503 when
-/// the server is full or the token store unavailable.
+/// token or one that is not UTF-8, 429 when the address is locked out for guessing tokens
+/// (see `brake.rs`), 503 when the server is full or the token store unavailable.
 pub(crate) fn admit(
     ctx: &Arc<Context>,
     slot: Option<Slot>,
     sock: &Arc<TcpStream>,
     peer: SocketAddr,
-    token: Option<String>,
+    token: Result<String, TokenError>,
 ) -> Result<Conn, Refused> {
-    let Some(token) = token else {
+    let token = token.map_err(|e| {
         metrics::add(&ctx.metrics.auth_failures, 1);
-        return Err(Refused {
+        Refused {
             status: StatusCode::UNAUTHORIZED,
-            body: "missing token\n".to_string(),
+            body: format!("{e}\n"),
             retry_after: None,
-        });
-    };
+        }
+    })?;
     // An address that guessed too many tokens is refused before its token is looked at.
     if let Err(left) = ctx.brakes.websocket.check(peer) {
         return Err(Refused {

@@ -3,12 +3,13 @@
 //! Checks that nothing panics; that for a complete head the bytes after it are returned as
 //! they were, the path has no query left in it, and every shorter prefix of the head is
 //! reported incomplete (the reader parses again as bytes arrive, so a head split over reads
-//! must not fail or complete early); and that the head written back out parses the same.
+//! must not fail or complete early); that the head written back out parses the same; and that
+//! finding its WebSocket token (`http::token_of`) never panics.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mist::http::parse_head;
+use mist::http::{parse_head, token_of};
 
 fuzz_target!(|buf: &[u8]| {
     let Ok(Some(head)) = parse_head(buf) else {
@@ -17,6 +18,7 @@ fuzz_target!(|buf: &[u8]| {
     let used = buf.len() - head.rest.len();
     assert_eq!(&buf[used..], &head.rest[..]);
     assert!(!head.path.contains('?'));
+    let _ = token_of(&head);
     // Some prefixes, always including the longest.
     let step = used / 16 + 1;
     for cut in (0..used).step_by(step).chain(used.checked_sub(1)) {

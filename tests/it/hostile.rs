@@ -997,20 +997,14 @@ fn oversized_http_heads_get_431_and_garbage_gets_400() {
         "431 Request Header Fields Too Large",
         "request head larger than 16384 bytes\n",
     );
-    // One huge header, and many small ones.
+    // One huge header (too many small ones: `http_limits.rs`).
     let big = format!(
         "GET /ping HTTP/1.1\r\nX-Big: {}\r\n\r\n",
         "b".repeat(17_000)
     );
-    let many = format!(
-        "GET /ping HTTP/1.1\r\n{}\r\n",
-        (0..100)
-            .map(|i| format!("X-H{i}: v\r\n"))
-            .collect::<String>()
-    );
     // A head that never ends, sent as fast as possible.
     let endless = format!("GET /ping HTTP/1.1\r\nX-Big: {}", "e".repeat(40_000));
-    for req in [&big, &many, &endless] {
+    for req in [&big, &endless] {
         let mut s = raw_connect(server.http);
         let _ = s.write_all(req.as_bytes());
         assert_eq!(read_response(&mut s), too_large);
