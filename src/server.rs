@@ -6,7 +6,7 @@ use crate::context::Context;
 use crate::metrics;
 use crate::net;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -38,8 +38,15 @@ impl Server {
     /// A listener cannot be bound.
     pub fn start(config: Config, store: Box<dyn TokenStore>) -> Result<Server, StartError> {
         net::raise_fd_limit();
-        let tcp = bind(&config.tcp_listen_address)?;
-        let http = bind(&config.http_listen_address)?;
+        let somaxconn = somaxconn();
+        let backlog = listen_backlog(config.max_connections, somaxconn);
+        log::debug!(
+            "listen backlog {backlog} (max_connections {}, net.core.somaxconn {})",
+            config.max_connections,
+            somaxconn.map_or("unknown".to_string(), |n| n.to_string())
+        );
+        let tcp = bind(&config.tcp_listen_address, backlog)?;
+        let http = bind(&config.http_listen_address, backlog)?;
         let tcp_addr = tcp.local_addr().expect("bound sockets have an address");
         let http_addr = http.local_addr().expect("bound sockets have an address");
         let ctx = Context::new(config, store);
@@ -113,11 +120,60 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn bind(addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).map_err(|source| StartError::Bind {
+/// The fewest connections a listener queues for `accept`: what std's `TcpListener::bind`
+/// asks for.
+pub const MIN_BACKLOG: usize = 128;
+
+/// The listen backlog: room for `max_connections` clients connecting at once (a load balancer
+/// failing thousands of WebSockets over to this node), so that a burst is queued by the kernel
+/// instead of having SYNs dropped and retried a second later. At least [`MIN_BACKLOG`], and at
+/// most `somaxconn`, the kernel's cap (it would silently cut a larger value down). Pure.
+pub fn listen_backlog(max_connections: usize, somaxconn: Option<usize>) -> i32 {
+    let want = max_connections.max(MIN_BACKLOG);
+    let capped = somaxconn.map_or(want, |cap| want.min(cap));
+    i32::try_from(capped).unwrap_or(i32::MAX)
+}
+
+/// The kernel's cap on listen backlogs, `net.core.somaxconn`; `None` where it cannot be read.
+pub fn somaxconn() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Binds a listener on the first of `addr`'s addresses that can be bound (as
+/// `TcpListener::bind` does), with a listen backlog of `backlog`.
+///
+/// # Errors
+/// The address does not resolve, or no address of it can be bound.
+pub fn bind(addr: &str, backlog: i32) -> Result<TcpListener, StartError> {
+    let failed = |source| StartError::Bind {
         addr: addr.to_string(),
         source,
-    })
+    };
+    let mut last = io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "could not resolve to any addresses",
+    );
+    for a in addr.to_socket_addrs().map_err(failed)? {
+        match listen_on(a, backlog) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(failed(last))
+}
+
+fn listen_on(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does: a restarted server can bind its port while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
 }
 
 type Handler = fn(&Arc<Context>, TcpStream, SocketAddr);
@@ -153,5 +209,58 @@ fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>, handler: Handler) {
                 thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn the_backlog_follows_max_connections_within_the_kernels_cap() {
+        assert_eq!(listen_backlog(10_000, Some(4096)), 4096);
+        assert_eq!(listen_backlog(2_000, Some(4096)), 2000);
+        assert_eq!(listen_backlog(10, Some(4096)), 128);
+        assert_eq!(listen_backlog(10, Some(64)), 64);
+        assert_eq!(listen_backlog(5_000, None), 5000);
+        assert_eq!(listen_backlog(usize::MAX, None), i32::MAX);
+    }
+
+    /// The backlog of a listening socket, as the kernel reports it (`TCP_INFO` on a listener
+    /// gives its maximum accept queue in `tcpi_sacked`).
+    fn kernel_backlog(listener: &TcpListener) -> u32 {
+        // SAFETY: getsockopt writes at most `len` bytes into the zeroed struct we pass.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            );
+            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+            info.tcpi_sacked
+        }
+    }
+
+    #[test]
+    fn listeners_get_the_backlog() {
+        let cap = somaxconn().unwrap_or(4096);
+        let backlog = listen_backlog(1000, Some(cap));
+        let listener = bind("127.0.0.1:0", backlog).unwrap();
+        assert_eq!(kernel_backlog(&listener), backlog as u32);
+        assert!(listener.local_addr().unwrap().port() > 0);
+        // Name resolution and errors as before.
+        assert!(bind("localhost:0", backlog).is_ok());
+        let taken = listener.local_addr().unwrap().to_string();
+        let e = bind(&taken, backlog).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot listen on {taken}: ")),
+            "{e}"
+        );
     }
 }

@@ -4,6 +4,11 @@
 //! connection stays open until the end, so the server holds them all (and its memory per
 //! connection can be read). Each upgrade checks the token in the server's token store, so
 //! this compares the memory and PostgreSQL stores.
+//!
+//! Two times are measured per connection: the TCP connect alone (until the kernel completed
+//! the three-way handshake), and the whole handshake up to the `101`. With many threads this
+//! is a burst of connects: a listen backlog too small for it shows as connects that take a
+//! second or more (a dropped SYN is sent again after 1 s, then 3 s, ...).
 
 use super::hist::Hist;
 use super::net::{self, Control, Deadline};
@@ -20,6 +25,8 @@ struct Share {
     failed: usize,
     first_failure: Option<String>,
     handshakes: Hist,
+    /// The TCP connects alone.
+    tcp_connects: Hist,
     /// Clock time when its last connection was done.
     finished: u64,
 }
@@ -93,9 +100,11 @@ pub fn run(o: &Options) -> Result<Connect, BenchError> {
     let client_cpu_secs = sys::own_cpu_seconds() - own_before;
 
     let mut handshakes = Hist::new();
+    let mut tcp_connects = Hist::new();
     let (mut connected, mut failed, mut first_failure) = (0, 0, None);
     for s in &shares {
         handshakes.merge(&s.handshakes);
+        tcp_connects.merge(&s.tcp_connects);
         connected += s.open.len();
         failed += s.failed;
         if first_failure.is_none() {
@@ -122,6 +131,7 @@ pub fn run(o: &Options) -> Result<Connect, BenchError> {
         first_failure,
         connect_secs: finished.saturating_sub(t0) as f64 / 1e9,
         latency: Latency::of(&handshakes),
+        tcp_connect: Latency::of(&tcp_connects),
         setup_secs,
         client_cpu_secs,
         server,
@@ -136,6 +146,7 @@ fn connect_some(count: usize, addr: &str, token: &str, clock: Clock, deadline: D
         failed: 0,
         first_failure: None,
         handshakes: Hist::new(),
+        tcp_connects: Hist::new(),
         finished: 0,
     };
     for _ in 0..count {
@@ -143,7 +154,13 @@ fn connect_some(count: usize, addr: &str, token: &str, clock: Clock, deadline: D
             break;
         }
         let t = clock.now();
-        match net::ws_connect(addr, token, deadline) {
+        let upgraded = net::connect(addr, deadline)
+            .map_err(|e| format!("connect: {e}"))
+            .and_then(|stream| {
+                share.tcp_connects.record(clock.now() - t);
+                net::ws_upgrade(stream, addr, token, deadline)
+            });
+        match upgraded {
             Ok((stream, _)) => {
                 share.handshakes.record(clock.now() - t);
                 share.open.push(stream);

@@ -136,7 +136,21 @@ pub fn ws_connect(
     token: &str,
     deadline: Deadline,
 ) -> Result<(TcpStream, Vec<u8>), String> {
-    let mut stream = connect(http_addr, deadline).map_err(|e| format!("connect: {e}"))?;
+    let stream = connect(http_addr, deadline).map_err(|e| format!("connect: {e}"))?;
+    ws_upgrade(stream, http_addr, token, deadline)
+}
+
+/// Upgrades a connected `stream` to a WebSocket on `/subscribe/websocket` with `token` in the
+/// query. Returns the socket and the bytes already read past the response head.
+///
+/// # Errors
+/// A message saying what failed: the HTTP status, or the handshake.
+pub fn ws_upgrade(
+    mut stream: TcpStream,
+    http_addr: &str,
+    token: &str,
+    deadline: Deadline,
+) -> Result<(TcpStream, Vec<u8>), String> {
     let key = tungstenite::handshake::client::generate_key();
     stream
         .write_all(wire::upgrade_request(http_addr, token, &key).as_bytes())

@@ -378,7 +378,10 @@ pub struct Connect {
     pub failed: usize,
     pub first_failure: Option<String>,
     pub connect_secs: f64,
+    /// The whole handshake: TCP connect, upgrade request, `101`.
     pub latency: Latency,
+    /// The TCP connect alone.
+    pub tcp_connect: Latency,
     pub setup_secs: f64,
     pub client_cpu_secs: f64,
     pub server: Server,
@@ -406,6 +409,7 @@ impl Connect {
         put("end", json!(self.end));
         put("setup_secs", json!(round(self.setup_secs, 3)));
         put("latency_us", self.latency.json());
+        put("tcp_connect_us", self.tcp_connect.json());
         put("client_cpu_secs", json!(round(self.client_cpu_secs, 2)));
         self.server.add_json(&mut o, None);
         o
@@ -432,6 +436,7 @@ impl Connect {
                 ),
             ),
             ("failed".into(), failed),
+            ("tcp connect µs".into(), self.tcp_connect.human()),
             ("handshake µs".into(), self.latency.human()),
             (
                 "client cpu".into(),

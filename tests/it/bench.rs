@@ -75,11 +75,13 @@ fn count(r: &Value, key: &str) -> u64 {
 
 /// Latency percentiles exist and are ordered.
 fn assert_latency(r: &Value) {
-    let l = &r["latency_us"];
-    let p = |k: &str| {
-        l[k].as_f64()
-            .unwrap_or_else(|| panic!("latency_us.{k} in {r}"))
-    };
+    assert_percentiles(r, "latency_us");
+}
+
+/// The percentiles under `key` exist and are ordered.
+fn assert_percentiles(r: &Value, key: &str) {
+    let l = &r[key];
+    let p = |k: &str| l[k].as_f64().unwrap_or_else(|| panic!("{key}.{k} in {r}"));
     assert!(p("p50") > 0.0, "{r}");
     assert!(p("p50") <= p("p90"), "{r}");
     assert!(p("p90") <= p("p99"), "{r}");
@@ -299,6 +301,14 @@ fn websocket_connects() {
     assert!(r["first_failure"].is_null(), "{r}");
     assert!(num(&r, "connects_per_sec") > 0.0, "{r}");
     assert_latency(&r);
+    // The TCP connect is a part of each handshake.
+    assert_percentiles(&r, "tcp_connect_us");
+    for p in ["p50", "p99", "max"] {
+        assert!(
+            r["tcp_connect_us"][p].as_f64() <= r["latency_us"][p].as_f64(),
+            "{r}"
+        );
+    }
 }
 
 #[test]

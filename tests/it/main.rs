@@ -8,6 +8,7 @@ mod bench;
 mod cli;
 mod config;
 mod hostile;
+mod http_limits;
 mod matching;
 mod pg;
 mod security;
