@@ -110,6 +110,7 @@ stall = load_bench("stall.jsonl")
 isolation = load_bench("isolation.jsonl")
 wbench = load_bench("wbench.jsonl")
 connects = load_bench("connect.jsonl")
+bursts = load_bench("connect-burst.jsonl")
 
 S = {}
 for sc in ["A", "B", "C", "D0", "D", "D0L", "DL", "E", "F"]:
@@ -301,6 +302,19 @@ if connects:
             p(f"| {store} | {num(med([c['connects_per_sec'] for c in rs]))} ({num(lo)}–{num(hi)}) | "
               f"{min(c['connected'] for c in rs)} of {rs[0]['conns']} | {len(rs)} |")
     p()
+
+if bursts:
+    def pct(key, p):
+        return [b[key][p] / 1000 if b.get(key) else None for b in bursts]
+    p("### A burst of 5,000 WebSocket connects\n")
+    p("`mist bench --scenario connect --conns 5000 --threads 1000` (1,000 threads connect at once, as when a")
+    p("load balancer fails clients over to this node; a SYN dropped for a full listen backlog is sent again after 1 s):\n")
+    p("| | p50 ms | p99 ms | max ms |")
+    p("|---|---:|---:|---:|")
+    for key, name in [("tcp_connect_us", "TCP connect"), ("latency_us", "whole handshake (to the `101`)")]:
+        p(f"| {name} | {num(med(pct(key, 'p50')), 2)} | {num(med(pct(key, 'p99')), 2)} | {num(med(pct(key, 'max')), 2)} |")
+    p(f"\n{num(med([b['connects_per_sec'] for b in bursts]))} connects/s; "
+      f"{min(b['connected'] for b in bursts)} of {bursts[0]['conns']} connected in the worst of {len(bursts)} runs.\n")
 
 for sc in ["A", "C"]:
     path = os.path.join(OUT, f"perf-{sc}.txt")
