@@ -11,6 +11,7 @@ use crate::context::{Context, Slot};
 use crate::metrics;
 use crate::net;
 use crate::pending::Refusal;
+use crate::report::ErrorChain;
 use crate::ws;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -83,8 +84,8 @@ pub enum HeadError {
     Malformed(String),
     #[error("connection closed before the request was complete")]
     Closed,
-    #[error("read failed: {0}")]
-    Io(io::Error),
+    #[error("read failed")]
+    Io(#[source] io::Error),
 }
 
 /// Serves one HTTP connection to the end: a plain request, or a whole WebSocket session.
@@ -103,7 +104,7 @@ fn handle(ctx: &Arc<Context>, stream: Arc<TcpStream>, peer: SocketAddr, slot: Op
     let head = match head {
         Ok(h) => h,
         Err(e) => {
-            log::debug!("{peer}: {e}");
+            log::debug!("{peer}: {}", ErrorChain(&e));
             let status = match e {
                 HeadError::TooLarge | HeadError::TooManyHeaders => {
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE

@@ -30,6 +30,7 @@
 //! - [`auth`]: the token store trait, its in-memory store, and the token rules.
 //! - [`brake`]: the per-address budget of failed attempts, and summarised logging (pure core).
 //! - [`metrics`]: counters and their Prometheus form.
+//! - [`report`]: an error and its causes on one line.
 //! - [`server`]: the listeners, their accept loops, and shutdown.
 //! - [`client`]: the command-line client (`mist publish ...`).
 //! - [`bench`]: `mist bench`, the load generator that measures a running server.
@@ -53,6 +54,7 @@ pub mod net;
 pub mod outbound;
 pub mod pacing;
 pub mod pending;
+pub mod report;
 pub mod server;
 pub mod tags;
 pub mod tcp;

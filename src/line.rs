@@ -93,7 +93,7 @@ pub enum LineError {
     UnknownCommand(String),
     #[error("usage: {0}")]
     Usage(&'static str),
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] TagError),
     /// The line begins like an HTTP request or a `Host:` header (see [`looks_like_http`]):
     /// the connection must be closed, not answered line by line.

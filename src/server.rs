@@ -16,11 +16,21 @@ use std::time::Duration;
 /// statement, 5 s each).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Why the server could not start.
+/// Why the server could not start; the source says why.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: io::Error },
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the thread {name}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -35,7 +45,8 @@ impl Server {
     /// Binds the listeners and starts accepting.
     ///
     /// # Errors
-    /// A listener cannot be bound.
+    /// A listener cannot be bound, or its accept thread cannot be started (the other one is
+    /// stopped then).
     pub fn start(config: Config, store: Box<dyn TokenStore>) -> Result<Server, StartError> {
         net::raise_fd_limit();
         let somaxconn = somaxconn();
@@ -45,30 +56,32 @@ impl Server {
             config.max_connections,
             somaxconn.map_or("unknown".to_string(), |n| n.to_string())
         );
-        let tcp = bind(&config.tcp_listen_address, backlog)?;
-        let http = bind(&config.http_listen_address, backlog)?;
-        let tcp_addr = tcp.local_addr().expect("bound sockets have an address");
-        let http_addr = http.local_addr().expect("bound sockets have an address");
-        let ctx = Context::new(config, store);
-        let acceptors = vec![
-            spawn_acceptor("mist-accept-tcp", tcp, Arc::clone(&ctx), crate::tcp::accept),
-            spawn_acceptor(
-                "mist-accept-http",
-                http,
-                Arc::clone(&ctx),
-                crate::http::accept,
-            ),
+        let (tcp, tcp_addr) = bind(&config.tcp_listen_address, backlog)?;
+        let (http, http_addr) = bind(&config.http_listen_address, backlog)?;
+        let mut server = Server {
+            ctx: Context::new(config, store),
+            tcp_addr,
+            http_addr,
+            acceptors: Vec::new(),
+        };
+        let listeners: [(&'static str, TcpListener, Handler); 2] = [
+            ("mist-accept-tcp", tcp, crate::tcp::accept),
+            ("mist-accept-http", http, crate::http::accept),
         ];
+        for (name, listener, handler) in listeners {
+            match spawn_acceptor(name, listener, Arc::clone(&server.ctx), handler) {
+                Ok(handle) => server.acceptors.push(handle),
+                Err(source) => {
+                    server.stop();
+                    return Err(StartError::Thread { name, source });
+                }
+            }
+        }
         // Only now: once these lines are logged, the server is complete (the accept threads
         // run), which is what a supervisor or a test watching the log waits for.
         log::info!("listening for TCP clients on {tcp_addr}");
         log::info!("listening for HTTP and WebSocket clients on {http_addr}");
-        Ok(Server {
-            ctx,
-            tcp_addr,
-            http_addr,
-            acceptors,
-        })
+        Ok(server)
     }
 
     /// The address of the line-protocol listener.
@@ -88,13 +101,18 @@ impl Server {
 
     /// Stops accepting, closes every connection, and waits for the listeners and (at most
     /// [`SHUTDOWN_GRACE`]) for the connections' threads to end.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
+        self.stop();
+        log::info!("stopped");
+    }
+
+    fn stop(&mut self) {
         self.ctx.begin_shutdown();
         // A blocking accept() only returns on a connection: make one to each listener.
         for addr in [self.tcp_addr, self.http_addr] {
             let _ = TcpStream::connect_timeout(&reachable(addr), Duration::from_millis(500));
         }
-        for handle in self.acceptors {
+        for handle in self.acceptors.drain(..) {
             let _ = handle.join();
         }
         // No connection thread starts any more: every one is in the registry.
@@ -103,7 +121,6 @@ impl Server {
         if left > 0 {
             log::warn!("{left} connection threads still running after {SHUTDOWN_GRACE:?}");
         }
-        log::info!("stopped");
     }
 }
 
@@ -144,11 +161,12 @@ pub fn somaxconn() -> Option<usize> {
 }
 
 /// Binds a listener on the first of `addr`'s addresses that can be bound (as
-/// `TcpListener::bind` does), with a listen backlog of `backlog`.
+/// `TcpListener::bind` does), with a listen backlog of `backlog`; returns it with the address
+/// it got (the port, for `:0`).
 ///
 /// # Errors
 /// The address does not resolve, or no address of it can be bound.
-pub fn bind(addr: &str, backlog: i32) -> Result<TcpListener, StartError> {
+pub fn bind(addr: &str, backlog: i32) -> Result<(TcpListener, SocketAddr), StartError> {
     let failed = |source| StartError::Bind {
         addr: addr.to_string(),
         source,
@@ -158,8 +176,8 @@ pub fn bind(addr: &str, backlog: i32) -> Result<TcpListener, StartError> {
         "could not resolve to any addresses",
     );
     for a in addr.to_socket_addrs().map_err(failed)? {
-        match listen_on(a, backlog) {
-            Ok(listener) => return Ok(listener),
+        match listen_on(a, backlog).and_then(|l| Ok((l.local_addr()?, l))) {
+            Ok((local, listener)) => return Ok((listener, local)),
             Err(e) => last = e,
         }
     }
@@ -183,11 +201,10 @@ fn spawn_acceptor(
     listener: TcpListener,
     ctx: Arc<Context>,
     handler: Handler,
-) -> JoinHandle<()> {
+) -> io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name(name.to_string())
         .spawn(move || accept_loop(&listener, &ctx, handler))
-        .expect("cannot start a listener thread")
 }
 
 fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>, handler: Handler) {
@@ -250,17 +267,15 @@ mod tests {
     fn listeners_get_the_backlog() {
         let cap = somaxconn().unwrap_or(4096);
         let backlog = listen_backlog(1000, Some(cap));
-        let listener = bind("127.0.0.1:0", backlog).unwrap();
+        let (listener, local) = bind("127.0.0.1:0", backlog).unwrap();
         assert_eq!(kernel_backlog(&listener), backlog as u32);
-        assert!(listener.local_addr().unwrap().port() > 0);
+        assert_eq!(listener.local_addr().unwrap(), local);
+        assert!(local.port() > 0);
         // Name resolution and errors as before.
         assert!(bind("localhost:0", backlog).is_ok());
-        let taken = listener.local_addr().unwrap().to_string();
+        let taken = local.to_string();
         let e = bind(&taken, backlog).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with(&format!("cannot listen on {taken}: ")),
-            "{e}"
-        );
+        let e = crate::report::ErrorChain(&e).to_string();
+        assert!(e.starts_with(&format!("cannot listen on {taken}: ")), "{e}");
     }
 }

@@ -9,6 +9,7 @@ use crate::framing::{Event, LineReader};
 use crate::line::{self, Command, LineError};
 use crate::metrics;
 use crate::net;
+use crate::report::ErrorChain;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -257,10 +258,11 @@ impl Session {
 
     fn store_result(&mut self, result: Result<(), StoreError>) {
         if let Err(e) = result {
+            let reason = ErrorChain(&e).to_string();
             if let StoreError::Unavailable(_) = e {
-                log::warn!("{}: {e}", self.peer);
+                log::warn!("{}: {reason}", self.peer);
             }
-            self.error(&e.to_string());
+            self.error(&reason);
         }
     }
 

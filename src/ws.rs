@@ -19,6 +19,7 @@ use crate::context::{Conn, Context, Slot};
 use crate::http::TokenError;
 use crate::metrics;
 use crate::net;
+use crate::report::ErrorChain;
 use crate::wsframe::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG};
 use crate::wsjson::{self, WsCommand};
 use http::StatusCode;
@@ -90,15 +91,16 @@ pub(crate) fn admit(
             AccessError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         };
-        if e == AccessError::UnknownToken {
+        let reason = ErrorChain(&e);
+        if matches!(e, AccessError::UnknownToken) {
             // Counted against the address's budget, and logged by the brake in summaries.
             ctx.brakes.websocket.fail(peer);
         } else {
-            log::info!("{peer}: WebSocket refused: {e}");
+            log::info!("{peer}: WebSocket refused: {reason}");
         }
         Refused {
             status,
-            body: format!("{e}\n"),
+            body: format!("{reason}\n"),
             retry_after: None,
         }
     })
@@ -289,8 +291,9 @@ impl Session {
                     Ok(Ok(())) => wsjson::ok(name),
                     Ok(Err(e)) => self.failure(name, &e.to_string()),
                     Err(AccessError::Store(e)) => {
-                        log::warn!("{}: {e}", self.peer);
-                        self.failure(name, &e.to_string())
+                        let reason = ErrorChain(&e).to_string();
+                        log::warn!("{}: {reason}", self.peer);
+                        self.failure(name, &reason)
                     }
                     Err(e) => self.failure(name, &e.to_string()),
                 }

@@ -10,6 +10,7 @@ pub mod postgres;
 use crate::broker::{Broker, ClientId};
 use crate::metrics::{self, Metrics};
 use crate::outbound::Outbound;
+use crate::report::ErrorChain;
 use crate::tags::TagSet;
 use crate::{wsframe, wsjson};
 use parking_lot::{Mutex, RwLock};
@@ -17,15 +18,42 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// Why a token operation failed. `Display` is the reason sent to the client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a token operation failed. The reason sent to the client is the error with its cause
+/// ([`ErrorChain`](crate::report::ErrorChain)).
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("unknown token")]
     UnknownToken,
     #[error("token already exists")]
     TokenExists,
-    #[error("token store unavailable: {0}")]
-    Unavailable(String),
+    /// The store cannot answer now (its database is down, busy, or refused the statement);
+    /// the source says why.
+    #[error("token store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Two store errors are equal when they are of the same kind and, when the store was
+/// unavailable, give the same reason.
+impl PartialEq for StoreError {
+    fn eq(&self, other: &StoreError) -> bool {
+        match (self, other) {
+            (StoreError::UnknownToken, StoreError::UnknownToken)
+            | (StoreError::TokenExists, StoreError::TokenExists) => true,
+            (StoreError::Unavailable(a), StoreError::Unavailable(b)) => {
+                ErrorChain(&**a).to_string() == ErrorChain(&**b).to_string()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for StoreError {}
+
+impl StoreError {
+    /// The store is unavailable, because of `cause`.
+    pub fn unavailable(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+        StoreError::Unavailable(cause.into())
+    }
 }
 
 /// Storage of tokens and their tags. Every method is one atomic change.
@@ -108,7 +136,7 @@ pub struct Tokens {
 }
 
 /// Why a WebSocket may not connect or subscribe.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     #[error("missing token")]
     MissingToken,
@@ -118,7 +146,7 @@ pub enum AccessError {
     NoTags,
     #[error("token lacks the tags {0}")]
     Lacks(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(StoreError),
 }
 

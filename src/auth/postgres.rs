@@ -30,6 +30,7 @@
 
 use super::{StoreError, TokenStore};
 use crate::config::PgConfig;
+use crate::report::ErrorChain;
 use crate::tags::TagSet;
 use parking_lot::{Condvar, Mutex};
 use postgres::{Client, NoTls, Transaction};
@@ -53,14 +54,48 @@ CREATE TABLE IF NOT EXISTS mist_token_tags (
 );
 ";
 
-/// Why the store could not be opened at start-up.
+/// Why the store could not be opened at start-up; the source says why.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot use PostgreSQL at {address} (database {database}, user {user}): {reason}")]
+#[error("cannot use PostgreSQL at {address} (database {database}, user {user})")]
 pub struct OpenError {
     pub address: String,
     pub database: String,
     pub user: String,
-    pub reason: String,
+    #[source]
+    pub source: PgError,
+}
+
+/// Why PostgreSQL could not be used: the source of an [`OpenError`], or of
+/// [`StoreError::Unavailable`].
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("pg_address is not host:port")]
+    Address,
+    /// Every connection of the pool stayed busy for [`CHECKOUT_TIMEOUT`].
+    #[error("all database connections are busy")]
+    Busy,
+    /// A new connection of the pool could not be opened.
+    #[error("cannot connect to {address}")]
+    Connect {
+        address: String,
+        #[source]
+        error: postgres::Error,
+    },
+    /// The server refused a statement or the login; its message says why.
+    #[error("{}", .0.message())]
+    Refused(Box<postgres::error::DbError>),
+    /// The connection failed otherwise: lost, timed out, or never made.
+    #[error(transparent)]
+    Client(postgres::Error),
+}
+
+impl From<postgres::Error> for PgError {
+    fn from(e: postgres::Error) -> PgError {
+        match e.as_db_error() {
+            Some(db) => PgError::Refused(Box::new(db.clone())),
+            None => PgError::Client(e),
+        }
+    }
 }
 
 /// Tokens in PostgreSQL.
@@ -84,26 +119,8 @@ fn connection_lost(e: &postgres::Error) -> bool {
     e.is_closed() || e.as_db_error().is_none()
 }
 
-fn unavailable(e: &postgres::Error) -> StoreError {
-    StoreError::Unavailable(describe(e))
-}
-
-/// The error with its causes ("error connecting to server: Connection refused").
-fn describe(e: &postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return db.message().to_string();
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
+fn unavailable(e: postgres::Error) -> StoreError {
+    StoreError::unavailable(PgError::from(e))
 }
 
 impl PgStore {
@@ -113,17 +130,17 @@ impl PgStore {
     /// # Errors
     /// PostgreSQL cannot be reached, refuses the login, or the tables cannot be created.
     pub fn open(cfg: &PgConfig) -> Result<PgStore, OpenError> {
-        let open_error = |reason: String| OpenError {
+        let open_error = |source: PgError| OpenError {
             address: cfg.address.clone(),
             database: cfg.database.clone(),
             user: cfg.user.clone(),
-            reason,
+            source,
         };
         let (host, port) = cfg
             .address
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.trim_matches(|c| c == '[' || c == ']'), p.parse().ok()?)))
-            .ok_or_else(|| open_error("pg_address is not host:port".into()))?;
+            .ok_or_else(|| open_error(PgError::Address))?;
         let mut config = postgres::Config::new();
         config
             .host(host)
@@ -141,12 +158,10 @@ impl PgStore {
         if let Some(pw) = &cfg.password {
             config.password(pw);
         }
-        let mut client = config
-            .connect(NoTls)
-            .map_err(|e| open_error(describe(&e)))?;
+        let mut client = config.connect(NoTls).map_err(|e| open_error(e.into()))?;
         client
             .batch_execute(SCHEMA)
-            .map_err(|e| open_error(unavailable(&e).to_string()))?;
+            .map_err(|e| open_error(e.into()))?;
         let store = PgStore {
             config,
             address: cfg.address.clone(),
@@ -179,18 +194,22 @@ impl PgStore {
                 });
             }
             if self.returned.wait_until(&mut pool, deadline).timed_out() {
-                return Err(StoreError::Unavailable(
-                    "all database connections are busy".into(),
-                ));
+                return Err(StoreError::unavailable(PgError::Busy));
             }
         }
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
-        self.config.connect(NoTls).map_err(|e| {
-            let e = describe(&e);
-            log::warn!("cannot connect to PostgreSQL at {}: {e}", self.address);
-            StoreError::Unavailable(format!("cannot connect to {}: {e}", self.address))
+        self.config.connect(NoTls).map_err(|error| {
+            log::warn!(
+                "cannot connect to PostgreSQL at {}: {}",
+                self.address,
+                ErrorChain(&error)
+            );
+            StoreError::unavailable(PgError::Connect {
+                address: self.address.clone(),
+                error,
+            })
         })
     }
 
@@ -223,7 +242,7 @@ impl PgStore {
                     if lost {
                         log::warn!("lost the connection to PostgreSQL at {}: {e}", self.address);
                     }
-                    return Err(unavailable(&e));
+                    return Err(unavailable(e));
                 }
             }
         }
@@ -247,7 +266,7 @@ impl PgStore {
                     let lost = connection_lost(&e);
                     self.checkin(client, lost);
                     if !lost {
-                        return Err(unavailable(&e));
+                        return Err(unavailable(e));
                     }
                     last = Some(e);
                 }
@@ -255,7 +274,7 @@ impl PgStore {
         }
         let e = last.expect("set by the failed attempts");
         log::warn!("lost the connection to PostgreSQL at {}: {e}", self.address);
-        Err(unavailable(&e))
+        Err(unavailable(e))
     }
 }
 

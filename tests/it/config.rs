@@ -455,3 +455,43 @@ fn help_mentions_every_command() {
         assert!(out.stdout.contains(flag), "{flag} in the help");
     }
 }
+
+/// The one log line of a server that could not start, with its timestamp and level cut off.
+fn start_up_error(out: &Output) -> String {
+    assert_eq!((out.code, out.stdout.as_str()), (Some(1), ""), "{out:?}");
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{out:?}");
+    let (_, message) = errors[0].split_once("] ").expect("a log line");
+    message.to_string()
+}
+
+/// A server that cannot start says why on one line, each part once: what it could not do,
+/// then the cause from the system, without repeating either.
+#[test]
+fn start_up_failures_say_each_thing_once() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = mist(&["-d", "--tcp-addr", &addr, "--http-addr", "127.0.0.1:0"]);
+    assert_eq!(
+        start_up_error(&out),
+        format!("cannot listen on {addr}: Address already in use (os error 98)")
+    );
+
+    // Nothing listens on a port that was just free.
+    let pg = free_addrs().0;
+    let conf = config_file(
+        "pg-down",
+        &format!(
+            "tcp_listen_address 127.0.0.1:0\nhttp_listen_address 127.0.0.1:0\n\
+             auth_store postgres\npg_address {pg}\npg_database tokens\npg_user mist\n"
+        ),
+    );
+    let out = mist(&["-d", "--config", conf.to_str().unwrap()]);
+    assert_eq!(
+        start_up_error(&out),
+        format!(
+            "cannot use PostgreSQL at {pg} (database tokens, user mist): \
+             error connecting to server: Connection refused (os error 111)"
+        )
+    );
+}
