@@ -15,7 +15,7 @@ pub const CONN_STACK: usize = 128 * 1024;
 /// ample room for the rest of the thread. An unoptimised (debug) build needs about 224 KiB for
 /// the parse alone, and overflowed 256 KiB, aborting the whole process, on a frame of deeply
 /// nested JSON; it gets 1 MiB. Stack memory is only committed as it is touched, so the size
-/// costs address space, not resident memory. `tests/it/hostile.rs` sends such frames.
+/// costs address space, not resident memory. `tests/it/hostile/oversize.rs` sends such frames.
 pub const WS_STACK: usize = if cfg!(debug_assertions) {
     1024 * 1024
 } else {

@@ -121,6 +121,8 @@ mod tests {
         assert!(d.worth_waiting(now, d.deadline(now, PACING), 8000, PACING));
     }
 
+    /// Regression test for 98b8a27: counted from its last write alone, a reader that had kept up
+    /// with no backlog was given up on the instant a burst found it behind, and lost deliveries.
     #[test]
     fn an_old_progress_counts_from_when_the_client_fell_behind() {
         // The reader kept up without a timed write for 200 ms, then a burst found it behind.

@@ -1,197 +1,11 @@
 //! The command-line client, run as the real `mist` binary against an in-process server.
-//!
-//! Also home of the subprocess helpers that `config.rs` shares: every wait on a child process
-//! or its output is bounded, and a child still running when its [`Proc`] is dropped is killed.
 
+use crate::support::process::{Output, Proc, mist, mist_env};
 use crate::support::{LineClient, TIMEOUT, TestServer};
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
-use std::time::{Duration, Instant};
-
-/// The binary under test.
-pub(crate) const MIST: &str = env!("CARGO_BIN_EXE_mist");
-
-/// A running `mist` process: its output arrives line by line (each line with its `\n`, if it
-/// had one) on channels fed by reader threads, and its exit status on another.
-pub(crate) struct Proc {
-    pid: libc::pid_t,
-    exit: Receiver<ExitStatus>,
-    status: Option<ExitStatus>,
-    pub stdout: Receiver<String>,
-    pub stderr: Receiver<String>,
-}
-
-/// Forwards what `r` produces, one line at a time, until it ends.
-fn forward_lines(r: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut r = BufReader::new(r);
-        loop {
-            let mut buf = Vec::new();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
-
-impl Proc {
-    /// Starts `mist ARGS` with `env` added (and `MIST_ADMIN_TOKEN` removed unless given), and
-    /// `stdin` written to it then closed (no stdin at all when `None`).
-    pub(crate) fn spawn(args: &[&str], env: &[(&str, &str)], stdin: Option<Vec<u8>>) -> Proc {
-        let mut cmd = Command::new(MIST);
-        cmd.args(args)
-            .env_remove("MIST_ADMIN_TOKEN")
-            .envs(env.iter().copied())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("the mist binary starts");
-        if let Some(bytes) = stdin {
-            let mut pipe = child.stdin.take().unwrap();
-            thread::spawn(move || {
-                let _ = pipe.write_all(&bytes);
-            });
-        }
-        let stdout = forward_lines(child.stdout.take().unwrap());
-        let stderr = forward_lines(child.stderr.take().unwrap());
-        let pid = child.id() as libc::pid_t;
-        let (tx, exit) = mpsc::channel();
-        thread::spawn(move || {
-            if let Ok(status) = child.wait() {
-                let _ = tx.send(status);
-            }
-        });
-        Proc {
-            pid,
-            exit,
-            status: None,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// The process id, for looking at the process in `/proc`.
-    pub(crate) fn pid(&self) -> libc::pid_t {
-        self.pid
-    }
-
-    /// Waits for the process to exit; fails the test if it takes longer than `within`.
-    pub(crate) fn wait(&mut self, within: Duration) -> ExitStatus {
-        if let Some(s) = self.status {
-            return s;
-        }
-        match self.exit.recv_timeout(within) {
-            Ok(s) => {
-                self.status = Some(s);
-                s
-            }
-            Err(_) => panic!("mist (pid {}) did not exit within {within:?}", self.pid),
-        }
-    }
-
-    /// Sends a signal to the process, which must still be running.
-    pub(crate) fn signal(&mut self, sig: libc::c_int) {
-        if let Ok(s) = self.exit.try_recv() {
-            self.status = Some(s);
-        }
-        assert!(self.status.is_none(), "signal to a process that exited");
-        // SAFETY: kill touches no memory of ours. The pid is our child's: the thread that reaps
-        // it reports the exit at once, and no exit was reported, so the pid is not reused.
-        let rc = unsafe { libc::kill(self.pid, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.pid);
-    }
-
-    /// The next line from `rx`; fails the test after [`TIMEOUT`] or at end of output.
-    pub(crate) fn line(rx: &Receiver<String>) -> String {
-        match rx.recv_timeout(TIMEOUT) {
-            Ok(l) => l,
-            Err(RecvTimeoutError::Timeout) => panic!("no output line within {TIMEOUT:?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("output ended while a line was expected"),
-        }
-    }
-
-    /// Reads lines from `rx` until one satisfies `want`; returns every line read.
-    pub(crate) fn lines_until(rx: &Receiver<String>, want: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut seen = Vec::new();
-        loop {
-            let l = match rx.recv_timeout(TIMEOUT) {
-                Ok(l) => l,
-                Err(_) => panic!("no matching output line; got {seen:?}"),
-            };
-            let done = want(&l);
-            seen.push(l);
-            if done {
-                return seen;
-            }
-        }
-    }
-
-    /// Everything left on `rx` until the output ends (the process exited).
-    pub(crate) fn rest(rx: &Receiver<String>) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        let mut out = String::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) => out.push_str(&l),
-                Err(RecvTimeoutError::Disconnected) => return out,
-                Err(RecvTimeoutError::Timeout) => panic!("output did not end; got {out:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.status.is_some() || self.exit.try_recv().is_ok() {
-            return;
-        }
-        // SAFETY: as in `signal`: no exit was reported, so the pid is still our child's.
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
-        }
-        let _ = self.exit.recv_timeout(TIMEOUT);
-    }
-}
-
-/// What a finished `mist` run left behind.
-#[derive(Debug)]
-pub(crate) struct Output {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs `mist ARGS` to completion (bounded by [`TIMEOUT`]).
-pub(crate) fn mist_env(args: &[&str], env: &[(&str, &str)], stdin: Option<Vec<u8>>) -> Output {
-    let mut p = Proc::spawn(args, env, stdin);
-    let status = p.wait(TIMEOUT);
-    Output {
-        code: status.code(),
-        stdout: Proc::rest(&p.stdout),
-        stderr: Proc::rest(&p.stderr),
-    }
-}
-
-/// Runs `mist ARGS` with no stdin and no extra environment.
-pub(crate) fn mist(args: &[&str]) -> Output {
-    mist_env(args, &[], None)
-}
+use std::time::Instant;
 
 /// `mist --tcp-addr ADDR ARGS`.
 fn client(addr: SocketAddr, args: &[&str]) -> Output {
@@ -263,6 +77,8 @@ fn publish_sends_one_message() {
     assert_eq!(sub.sync(), ["publish a ", "publish a -5"]);
 }
 
+/// Regression test for 6152784: `mist publish TAGS -` was refused (a lone `-` looked like a
+/// flag to the argument parser).
 #[test]
 fn publish_dash_sends_each_stdin_line_in_order() {
     let server = TestServer::start();

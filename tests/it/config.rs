@@ -1,23 +1,12 @@
 //! The server binary: config files (good and bad), flags that override them, signals, and the
 //! informational flags. Every server runs as a real `mist -d` process on ports chosen here.
 
-use crate::cli::{Output, Proc, mist};
-use crate::support::{LineClient, TIMEOUT};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use crate::support::LineClient;
+use crate::support::http::http_get;
+use crate::support::process::{Output, Proc, config_file, mist};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-/// Writes `text` to a config file of its own and returns its path.
-pub(crate) fn config_file(name: &str, text: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join(format!("mist-{}-{n}-{name}.conf", std::process::id()));
-    std::fs::write(&path, text).expect("write the config file");
-    path
-}
 
 /// Two loopback addresses that were free a moment ago (both are held until both are chosen,
 /// so they differ).
@@ -25,35 +14,6 @@ fn free_addrs() -> (SocketAddr, SocketAddr) {
     let a = TcpListener::bind("127.0.0.1:0").unwrap();
     let b = TcpListener::bind("127.0.0.1:0").unwrap();
     (a.local_addr().unwrap(), b.local_addr().unwrap())
-}
-
-/// A `mist -d` process whose start-up log said where it listens.
-struct ServerProc {
-    proc: Proc,
-    /// Its log so far.
-    log: Vec<String>,
-}
-
-impl ServerProc {
-    /// Starts `mist -d ARGS` and waits for the log line that says it listens for TCP clients
-    /// on `tcp`; the server accepts connections from then on.
-    fn start(args: &[&str], tcp: SocketAddr) -> ServerProc {
-        let mut all = vec!["-d"];
-        all.extend_from_slice(args);
-        let proc = Proc::spawn(&all, &[], None);
-        let want = format!("listening for TCP clients on {tcp}");
-        let log = Proc::lines_until(&proc.stderr, |l| l.contains(&want));
-        ServerProc { proc, log }
-    }
-
-    /// Waits for more log until a line contains `what`.
-    fn wait_log(&mut self, what: &str) {
-        if self.log.iter().any(|l| l.contains(what)) {
-            return;
-        }
-        let more = Proc::lines_until(&self.proc.stderr, |l| l.contains(what));
-        self.log.extend(more);
-    }
 }
 
 /// Asserts that `mist ARGS` stopped at start-up with exit code 2 and the one stderr line
@@ -184,20 +144,6 @@ fn bad_flags_are_refused() {
     assert_refused(&out, "mist: --log-level: ");
 }
 
-/// An HTTP/1.1 GET; returns the whole response.
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[test]
 fn a_good_config_file_is_used() {
     let (tcp, http) = free_addrs();
@@ -219,15 +165,19 @@ fn a_good_config_file_is_used() {
          multicast_interface eth0\n"
     );
     let path = config_file("good", &text);
-    let mut server = ServerProc::start(&["--config", path.to_str().unwrap()], tcp);
+    let mut server = Proc::server(&["--config", path.to_str().unwrap()]);
+    assert_eq!(server.tcp(), tcp);
     server.wait_log(&format!(
         "listening for HTTP and WebSocket clients on {http}"
     ));
     // An accepted but unused setting is warned about.
     assert!(
-        server.log.iter().any(|l| l.contains("multicast_interface")),
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("multicast_interface")),
         "{:?}",
-        server.log
+        server.log()
     );
 
     // The CLI reaches it.
@@ -254,8 +204,8 @@ fn a_good_config_file_is_used() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.ends_with("\r\n\r\npong"), "{resp}");
 
-    server.proc.signal(libc::SIGTERM);
-    assert_eq!(server.proc.wait(Duration::from_secs(2)).code(), Some(0));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(2)).code(), Some(0));
 }
 
 /// A wrong `auth` is logged, and neither the wrong token nor the real one is written anywhere
@@ -269,7 +219,8 @@ fn wrong_auth_is_logged_without_the_token() {
             "tcp_listen_address {tcp}\nhttp_listen_address {http}\nadmin_token right-s3cret\n"
         ),
     );
-    let mut server = ServerProc::start(&["--config", path.to_str().unwrap()], tcp);
+    let mut server = Proc::server(&["--config", path.to_str().unwrap()]);
+    assert_eq!(server.tcp(), tcp);
     let mut c = LineClient::connect(tcp);
     c.send("auth wrong-guess-42");
     c.expect("error wrong admin token");
@@ -277,10 +228,10 @@ fn wrong_auth_is_logged_without_the_token() {
     c.ping();
     // The log line is written before the reply is sent.
     server.wait_log("wrong admin token");
-    server.proc.signal(libc::SIGTERM);
-    assert_eq!(server.proc.wait(Duration::from_secs(2)).code(), Some(0));
-    let mut log = server.log.concat();
-    log.push_str(&Proc::rest(&server.proc.stderr));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(2)).code(), Some(0));
+    let mut log = server.log().concat();
+    log.push_str(&Proc::rest(&server.stderr));
     assert!(!log.contains("wrong-guess-42"), "{log}");
     assert!(!log.contains("right-s3cret"), "{log}");
 }
@@ -294,14 +245,15 @@ fn tcp_addr_flag_overrides_the_file() {
         &format!("tcp_listen_address {in_file}\nhttp_listen_address {http}\n"),
     );
     let flag = on_flag.to_string();
-    let mut server = ServerProc::start(
-        &["--config", path.to_str().unwrap(), "--tcp-addr", &flag],
-        on_flag,
-    );
+    let mut server = Proc::server(&["--config", path.to_str().unwrap(), "--tcp-addr", &flag]);
+    assert_eq!(server.tcp(), on_flag);
     assert!(
-        !server.log.iter().any(|l| l.contains(&in_file.to_string())),
+        !server
+            .log()
+            .iter()
+            .any(|l| l.contains(&in_file.to_string())),
         "{:?}",
-        server.log
+        server.log()
     );
     let out = mist(&["--tcp-addr", &flag, "ping"]);
     assert_eq!(
@@ -309,8 +261,8 @@ fn tcp_addr_flag_overrides_the_file() {
         (Some(0), "pong\n"),
         "{out:?}"
     );
-    server.proc.signal(libc::SIGTERM);
-    assert_eq!(server.proc.wait(Duration::from_secs(2)).code(), Some(0));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(2)).code(), Some(0));
 }
 
 /// Starts a server, connects clients (one mid-subscription, one idle), sends `sig`, and
@@ -318,7 +270,8 @@ fn tcp_addr_flag_overrides_the_file() {
 fn stops_on(sig: libc::c_int) {
     let (tcp, http) = free_addrs();
     let (t, h) = (tcp.to_string(), http.to_string());
-    let mut server = ServerProc::start(&["--tcp-addr", &t, "--http-addr", &h], tcp);
+    let mut server = Proc::server(&["--tcp-addr", &t, "--http-addr", &h]);
+    assert_eq!(server.tcp(), tcp);
     let mut sub = LineClient::connect(tcp);
     sub.send("subscribe a");
     sub.ping();
@@ -329,8 +282,8 @@ fn stops_on(sig: libc::c_int) {
     publ.ping();
     assert_eq!(sub.sync(), ["publish a before"]);
 
-    server.proc.signal(sig);
-    let status = server.proc.wait(Duration::from_secs(2));
+    server.signal(sig);
+    let status = server.wait(Duration::from_secs(2));
     assert_eq!(status.code(), Some(0), "{status:?}");
     // The clients' connections are closed.
     assert_eq!(sub.read_to_end(), b"");
@@ -348,32 +301,35 @@ fn sigint_stops_the_server_with_code_0() {
     stops_on(libc::SIGINT);
 }
 
+/// Regression test for cf93f0a: the "listening" lines came before the accept threads ran, so a
+/// client that connected on seeing them could find nobody accepting.
 #[test]
 fn the_log_says_where_the_server_listens() {
     let (tcp, http) = free_addrs();
     let (t, h) = (tcp.to_string(), http.to_string());
-    let mut server = ServerProc::start(
-        &["--tcp-addr", &t, "--http-addr", &h, "--log-level", "INFO"],
-        tcp,
-    );
+    let mut server = Proc::server(&["--tcp-addr", &t, "--http-addr", &h, "--log-level", "INFO"]);
+    assert_eq!(server.tcp(), tcp);
     server.wait_log(&format!(
         "listening for HTTP and WebSocket clients on {http}"
     ));
     let mut c = LineClient::connect(tcp);
     c.ping();
-    server.proc.signal(libc::SIGTERM);
-    assert_eq!(server.proc.wait(Duration::from_secs(2)).code(), Some(0));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(2)).code(), Some(0));
 }
 
 /// Once the server has said it listens, a SIGTERM must be a clean stop (a supervisor may send
 /// one at any time), not the default action of the signal.
+///
+/// Regression test for 6152784: a SIGTERM right after start-up killed the process.
 #[test]
 fn sigterm_right_after_start_up_is_a_clean_stop() {
     let (tcp, http) = free_addrs();
     let (t, h) = (tcp.to_string(), http.to_string());
-    let mut server = ServerProc::start(&["--tcp-addr", &t, "--http-addr", &h], tcp);
-    server.proc.signal(libc::SIGTERM);
-    let status = server.proc.wait(Duration::from_secs(2));
+    let mut server = Proc::server(&["--tcp-addr", &t, "--http-addr", &h]);
+    assert_eq!(server.tcp(), tcp);
+    server.signal(libc::SIGTERM);
+    let status = server.wait(Duration::from_secs(2));
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
@@ -387,6 +343,8 @@ fn nothing_to_do_exits_2() {
 }
 
 /// `mist --help` promises exit code 2 for bad arguments (and 1 for a failed command).
+///
+/// Regression test for 6152784: bad arguments exited with 1.
 #[test]
 fn bad_arguments_exit_2() {
     for args in [

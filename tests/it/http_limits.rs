@@ -1,14 +1,14 @@
 //! The HTTP port's limits: request heads in progress per client address and in total, the
 //! number of headers, tokens sent as raw UTF-8, and the listen backlog of every listener.
 
-use crate::support::{LineClient, TIMEOUT, TestServer, ws_send, ws_text};
+use crate::support::http::{plain, read_response, upgrade_request_bytes};
+use crate::support::{self, LineClient, TIMEOUT, TestServer, wait_until, ws_send, ws_text};
 use mist::http::MAX_HEADERS;
 use mist::pending::{MAX_PENDING_HEADS, MAX_PENDING_HEADS_PER_ADDRESS};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::thread;
 use std::time::Instant;
 use tungstenite::WebSocket;
 use tungstenite::protocol::Role;
@@ -20,38 +20,7 @@ use tungstenite::protocol::Role;
 /// A connection to `to` from the loopback address `from` (all of 127.0.0.0/8 is loopback, so
 /// one machine can be many clients).
 fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let src: SocketAddr = format!("{from}:0").parse().unwrap();
-    sock.bind(&src.into()).expect("bind the client's address");
-    sock.connect(&to.into()).expect("connect");
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(TIMEOUT)).unwrap();
-    s
-}
-
-/// Reads until the peer closes; a reset after the response counts as the end too.
-fn read_response(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("reading the response: {e}; got so far {out:?}"),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The exact bytes of one of the server's plain responses.
-fn plain(status: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\
-         content-type: text/plain; charset=utf-8\r\n\r\n{body}",
-        body.len()
-    )
+    support::connect_from(from.parse().expect("an IP address"), to)
 }
 
 /// Sends `request` from `from` and returns the whole response.
@@ -63,20 +32,6 @@ fn request_from(from: &str, http: SocketAddr, request: &[u8]) -> String {
 
 fn ping_from(from: &str, http: SocketAddr) -> String {
     request_from(from, http, b"GET /ping HTTP/1.1\r\nHost: mist\r\n\r\n")
-}
-
-/// A WebSocket upgrade request for `/subscribe/websocket{query}`, with `extra` header lines
-/// (each ending in CRLF) written byte for byte.
-fn upgrade_request(query: &str, extra: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "GET /subscribe/websocket{query} HTTP/1.1\r\nHost: mist\r\nConnection: Upgrade\r\n\
-         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    )
-    .into_bytes();
-    r.extend_from_slice(extra);
-    r.extend_from_slice(b"\r\n");
-    r
 }
 
 /// Sends an upgrade request from `from`. On `101` returns the WebSocket, proven alive by a
@@ -113,16 +68,6 @@ fn register(server: &TestServer, tags: &str, token: &str) {
     let mut admin = server.client();
     admin.send(&format!("register {tags} {token}"));
     admin.ping();
-}
-
-/// Polls `cond` until it holds, yielding in between; fails the test after [`TIMEOUT`]. For
-/// effects with no reply to wait for (a connection thread noticing its client left).
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::yield_now();
-    }
 }
 
 /// `n` connections from `from`, each of which sent the start of a request head and stalls.
@@ -215,6 +160,7 @@ fn one_address_cannot_starve_the_http_port() {
     let want = plain(
         "429 Too Many Requests",
         "too many pending requests from this address\n",
+        "",
     );
     for r in &refused {
         assert_eq!(r, &want);
@@ -227,18 +173,26 @@ fn one_address_cannot_starve_the_http_port() {
     // The stalled address is still at its bound.
     assert_eq!(ping_from("127.0.0.1", server.http), want);
     // Another address is served as if nothing happened.
-    assert_eq!(ping_from("127.0.0.2", server.http), plain("200 OK", "pong"));
+    assert_eq!(
+        ping_from("127.0.0.2", server.http),
+        plain("200 OK", "pong", "")
+    );
     upgrade_from(
         "127.0.0.2",
         server.http,
-        &upgrade_request("", b"X-Auth-Token: tok\r\n"),
+        &upgrade_request_bytes("", b"X-Auth-Token: tok\r\n"),
     )
     .expect("the upgrade from 127.0.0.2 succeeds");
     // Once the stalled clients leave, nothing is left of them in the server.
     drop(stalled);
-    wait_until("the stalled heads are given up", || heads.is_empty());
+    wait_until("the stalled heads are given up", TIMEOUT, || {
+        heads.is_empty()
+    });
     assert_eq!(heads.addresses(), 0);
-    assert_eq!(ping_from("127.0.0.1", server.http), plain("200 OK", "pong"));
+    assert_eq!(
+        ping_from("127.0.0.1", server.http),
+        plain("200 OK", "pong", "")
+    );
 }
 
 /// The total bound still holds over all addresses: when enough addresses hold all of theirs,
@@ -258,20 +212,23 @@ fn the_total_bound_holds_over_all_addresses() {
             )
         })
         .collect();
-    wait_until("every stalled head holds a slot", || {
+    wait_until("every stalled head holds a slot", TIMEOUT, || {
         heads.len() == MAX_PENDING_HEADS
     });
     assert_eq!(heads.addresses(), addresses);
     assert_eq!(
         ping_from("127.0.0.2", server.http),
-        plain("503 Service Unavailable", "too many pending requests\n")
+        plain("503 Service Unavailable", "too many pending requests\n", "")
     );
     // One address gives up its heads: the others are served again.
     drop(stalled.pop());
-    wait_until("the heads of one address are given up", || {
+    wait_until("the heads of one address are given up", TIMEOUT, || {
         heads.len() == MAX_PENDING_HEADS - MAX_PENDING_HEADS_PER_ADDRESS
     });
-    assert_eq!(ping_from("127.0.0.2", server.http), plain("200 OK", "pong"));
+    assert_eq!(
+        ping_from("127.0.0.2", server.http),
+        plain("200 OK", "pong", "")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,14 +254,14 @@ fn a_hundred_headers_are_fine_and_too_many_are_named_as_such() {
         req.extend_from_slice(b"\r\n");
         assert_eq!(
             request_from("127.0.0.1", server.http, &req),
-            plain("200 OK", "pong"),
+            plain("200 OK", "pong", ""),
             "{n} headers"
         );
     }
     // The upgrade request has 5 headers of its own and the token.
     let mut extra = b"X-Auth-Token: tok\r\n".to_vec();
     extra.extend_from_slice(&many_headers(100));
-    upgrade_from("127.0.0.1", server.http, &upgrade_request("", &extra))
+    upgrade_from("127.0.0.1", server.http, &upgrade_request_bytes("", &extra))
         .expect("an upgrade with 106 headers succeeds");
 
     let mut req = b"GET /ping HTTP/1.1\r\n".to_vec();
@@ -314,7 +271,8 @@ fn a_hundred_headers_are_fine_and_too_many_are_named_as_such() {
         request_from("127.0.0.1", server.http, &req),
         plain(
             "431 Request Header Fields Too Large",
-            &format!("too many headers (more than {MAX_HEADERS})\n")
+            &format!("too many headers (more than {MAX_HEADERS})\n"),
+            ""
         )
     );
 }
@@ -331,14 +289,14 @@ fn a_raw_utf8_token_in_the_header_opens_a_websocket() {
     upgrade_from(
         "127.0.0.1",
         server.http,
-        &upgrade_request("", "X-Auth-Token: tokéutf\r\n".as_bytes()),
+        &upgrade_request_bytes("", "X-Auth-Token: tokéutf\r\n".as_bytes()),
     )
     .expect("the raw UTF-8 token is accepted");
     // Percent-encoded in the query, as a browser sends it, too.
     upgrade_from(
         "127.0.0.1",
         server.http,
-        &upgrade_request("?x-auth-token=tok%C3%A9utf", b""),
+        &upgrade_request_bytes("?x-auth-token=tok%C3%A9utf", b""),
     )
     .expect("the percent-encoded token is accepted");
 }
@@ -351,13 +309,13 @@ fn a_header_token_that_is_not_utf8_is_refused_as_such() {
     register(&server, "x", "tokéutf");
     let metrics = &server.context().metrics;
     let failures = crate::support::get(&metrics.auth_failures);
-    let encoding = plain("401 Unauthorized", "invalid token encoding\n");
+    let encoding = plain("401 Unauthorized", "invalid token encoding\n", "");
     for query in ["", "?x-auth-token=tok%C3%A9utf"] {
         assert_eq!(
             upgrade_from(
                 "127.0.0.1",
                 server.http,
-                &upgrade_request(query, b"X-Auth-Token: tok\xe9utf\r\n"),
+                &upgrade_request_bytes(query, b"X-Auth-Token: tok\xe9utf\r\n"),
             ),
             Err(encoding.clone()),
             "query {query:?}"
@@ -367,13 +325,13 @@ fn a_header_token_that_is_not_utf8_is_refused_as_such() {
         upgrade_from(
             "127.0.0.1",
             server.http,
-            &upgrade_request("?x-auth-token=tok%E9utf", b"")
+            &upgrade_request_bytes("?x-auth-token=tok%E9utf", b"")
         ),
         Err(encoding)
     );
     assert_eq!(
-        upgrade_from("127.0.0.1", server.http, &upgrade_request("", b"")),
-        Err(plain("401 Unauthorized", "missing token\n"))
+        upgrade_from("127.0.0.1", server.http, &upgrade_request_bytes("", b"")),
+        Err(plain("401 Unauthorized", "missing token\n", ""))
     );
     assert_eq!(crate::support::get(&metrics.auth_failures), failures + 4);
 }

@@ -5,11 +5,8 @@
 //! requests, the page only cannot read the answers. The whole 127.0.0.0/8 range is loopback,
 //! so a second client address is 127.0.0.2.
 
-use crate::cli::Proc;
-use crate::config::config_file;
-use crate::support::{
-    LineClient, TIMEOUT, TestServer, connect_from, expect_error, get, try_ws_connect,
-};
+use crate::support::process::Proc;
+use crate::support::{LineClient, TestServer, connect_from, expect_error, get, try_ws_connect};
 use mist::Context;
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -546,80 +543,31 @@ fn the_brake_and_the_http_refusals_are_in_metrics() {
 // The log: summarised, and free of client data
 // ---------------------------------------------------------------------------------------------
 
-/// A `mist -d` process on ephemeral loopback ports, for what it logs.
-struct Daemon {
-    proc: Proc,
-    tcp: SocketAddr,
-    http: SocketAddr,
-    log: Vec<String>,
-}
-
-impl Daemon {
-    fn start(name: &str, conf: &str) -> Daemon {
-        let text =
-            format!("tcp_listen_address 127.0.0.1:0\nhttp_listen_address 127.0.0.1:0\n{conf}");
-        let path = config_file(name, &text);
-        let proc = Proc::spawn(&["-d", "--config", path.to_str().unwrap()], &[], None);
-        let log = Proc::lines_until(&proc.stderr, |l| {
-            l.contains("listening for HTTP and WebSocket clients on ")
-        });
-        let addr = |what: &str| -> SocketAddr {
-            log.iter()
-                .find_map(|l| l.split_once(what))
-                .unwrap_or_else(|| panic!("no '{what}' in the log: {log:?}"))
-                .1
-                .trim()
-                .parse()
-                .expect("a socket address")
-        };
-        let (tcp, http) = (
-            addr("listening for TCP clients on "),
-            addr("listening for HTTP and WebSocket clients on "),
-        );
-        Daemon {
-            proc,
-            tcp,
-            http,
-            log,
-        }
-    }
-
-    /// Stops the server with SIGTERM; returns its whole log.
-    fn stop(mut self) -> String {
-        self.proc.signal(libc::SIGTERM);
-        let status = self.proc.wait(TIMEOUT);
-        assert!(status.success(), "mist exited with {status}");
-        let mut log = self.log.concat();
-        log.push_str(&Proc::rest(&self.proc.stderr));
-        log
-    }
-}
-
 /// 50 wrong admin tokens, 50 unknown WebSocket tokens and 50 HTTP requests to the line port,
 /// all from one address within a few seconds: the log says what happened in a few lines, not
 /// one per attempt.
 #[test]
 fn guessing_and_cross_protocol_requests_do_not_flood_the_log() {
-    let d = Daemon::start("brake-log", "admin_token s3cret\n");
-    let mut c = LineClient::connect(d.tcp);
+    let d = Proc::server_with("brake-log", "admin_token s3cret\n");
+    let mut c = LineClient::connect(d.tcp());
     for i in 0..50 {
         if i == 10 {
-            c = LineClient::connect(d.tcp);
+            c = LineClient::connect(d.tcp());
         }
         c.send(&format!("auth guess{i}"));
         let reply = c.line();
         assert!(reply.starts_with("error "), "{reply}");
         if i >= 9 {
             assert_eq!(c.read_to_end(), b"");
-            c = LineClient::connect(d.tcp);
+            c = LineClient::connect(d.tcp());
         }
     }
     for i in 0..50 {
-        let status = try_ws_connect(d.http, Some(&format!("guess{i}")), None).err();
+        let status = try_ws_connect(d.http(), Some(&format!("guess{i}")), None).err();
         assert_eq!(status, Some(if i < 10 { 401 } else { 429 }), "upgrade {i}");
     }
     for _ in 0..50 {
-        let mut s = connect(d.tcp);
+        let mut s = connect(d.tcp());
         s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(read_until_closed(&mut s), HTTP_REFUSED);
     }
@@ -645,11 +593,11 @@ fn guessing_and_cross_protocol_requests_do_not_flood_the_log() {
 /// data in it; mist's logger drops those lines (and its own lines at TRACE still come).
 #[test]
 fn websocket_frames_never_reach_the_log_at_trace() {
-    let d = Daemon::start("trace", "log_level TRACE\n");
-    let mut admin = LineClient::connect(d.tcp);
+    let d = Proc::server_with("trace", "log_level TRACE\n");
+    let mut admin = LineClient::connect(d.tcp());
     admin.send("register SecretTag4kq TokenSecret7yu");
     admin.ping();
-    let mut ws = crate::support::ws_connect(d.http, "TokenSecret7yu");
+    let mut ws = crate::support::ws_connect(d.http(), "TokenSecret7yu");
     crate::support::ws_send(
         &mut ws,
         r#"{"command":"subscribe","tags":["SecretTag4kq"]}"#,

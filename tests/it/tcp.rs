@@ -2,20 +2,9 @@
 //! line limits, delivery format and order, slow consumers, admin rules, connection limits and
 //! metrics.
 
-use crate::support::{LineClient, TIMEOUT, TestServer, expect_error, get};
+use crate::support::{LineClient, TIMEOUT, TestServer, expect_error, get, wait_until};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::thread;
-use std::time::Instant;
-
-/// Polls `cond` until it holds, yielding between tries; fails the test after [`TIMEOUT`]. For
-/// server-side effects that have no reply to wait for (a disconnect being noticed).
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::yield_now();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The command table
@@ -1000,7 +989,7 @@ fn max_connections_refuses_the_next_client_with_one_error() {
 
     // A slot comes back when a client leaves.
     drop(b);
-    wait_until("the server to notice the disconnect", || {
+    wait_until("the server to notice the disconnect", TIMEOUT, || {
         ctx.conns.len() < 2
     });
     let mut d = server.client();
@@ -1057,7 +1046,7 @@ fn metrics_follow_the_traffic() {
 
     // A client that leaves takes its subscriptions with it.
     drop(s2);
-    wait_until("the disconnect to be counted", || {
+    wait_until("the disconnect to be counted", TIMEOUT, || {
         get(&m.tcp_connections) == 2
     });
     assert_eq!(get(&m.subscriptions), 1);

@@ -2,6 +2,8 @@
 //! tungstenite's client. Tokens are registered over TCP from a loopback line client; the
 //! barriers are TCP `ping` and WebSocket `{"command":"ping"}`.
 
+use crate::support::http::{http, http_get, metric, plain, scrape, upgrade_request, wait_metric};
+use crate::support::ws::{Frame, PING, PONG, Ws, call, expect_closed, next_frame};
 use crate::support::{
     LineClient, TIMEOUT, TestServer, test_config, try_ws_connect, ws_connect, ws_send, ws_sync,
     ws_text,
@@ -9,21 +11,17 @@ use crate::support::{
 use mist::auth::memory::MemoryStore;
 use mist::context::PublishError;
 use mist::tags::TagSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Message, WebSocket};
 
-type Ws = WebSocket<TcpStream>;
-
-const PING: &str = r#"{"command":"ping"}"#;
-const PONG: &str = r#"{"success":true,"command":"ping"}"#;
 const SUBSCRIBED: &str = r#"{"success":true,"command":"subscribe"}"#;
 const UNSUBSCRIBED: &str = r#"{"success":true,"command":"unsubscribe"}"#;
 
@@ -31,12 +29,6 @@ const UNSUBSCRIBED: &str = r#"{"success":true,"command":"unsubscribe"}"#;
 fn register(admin: &mut LineClient, tags: &str, token: &str) {
     admin.send(&format!("register {tags} {token}"));
     admin.ping();
-}
-
-/// Sends a command and expects exactly this reply.
-fn call(ws: &mut Ws, json: &str, want: &str) {
-    ws_send(ws, json);
-    assert_eq!(ws_text(ws), want, "reply to {json}");
 }
 
 fn tags_json(tags: &[&str]) -> String {
@@ -62,114 +54,6 @@ fn revoked(tags: &[&str]) -> String {
         r#"{{"success":true,"command":"unsubscribe","tags":{},"reason":"access revoked"}}"#,
         tags_json(tags)
     )
-}
-
-/// What a client can read next.
-#[derive(Debug, PartialEq, Eq)]
-enum Frame {
-    Text(String),
-    Close(u16, String),
-    /// The server closed the connection after the closing handshake.
-    End,
-}
-
-/// The next text or close frame, or the end of the connection. Pings and pongs are skipped;
-/// a read timeout fails the test.
-fn next_frame(ws: &mut Ws) -> Frame {
-    loop {
-        match ws.read() {
-            Ok(Message::Text(t)) => return Frame::Text(t.as_str().to_string()),
-            Ok(Message::Close(Some(f))) => {
-                return Frame::Close(u16::from(f.code), f.reason.as_str().to_string());
-            }
-            Ok(Message::Close(None)) => return Frame::Close(0, String::new()),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(other) => panic!("unexpected frame {other:?}"),
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                return Frame::End;
-            }
-            Err(e) => panic!("WebSocket read failed (or timed out): {e}"),
-        }
-    }
-}
-
-/// Expects the server's close frame with this code and reason, then the end of the connection.
-fn expect_closed(ws: &mut Ws, code: u16, reason: &str) {
-    assert_eq!(next_frame(ws), Frame::Close(code, reason.to_string()));
-    assert_eq!(next_frame(ws), Frame::End);
-}
-
-/// Sends raw bytes to `addr` and reads the response until the server closes.
-fn http(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(TIMEOUT)).unwrap();
-    s.write_all(request).expect("write the request");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)
-        .expect("the server answers and closes before the timeout");
-    out
-}
-
-fn get(addr: SocketAddr, path: &str) -> String {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: mist\r\n\r\n");
-    String::from_utf8(http(addr, req.as_bytes())).expect("UTF-8 response")
-}
-
-/// A plain-text response as mist writes it.
-fn plain(status: &str, body: &str, extra: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\
-         content-type: text/plain; charset=utf-8\r\n{extra}\r\n{body}",
-        body.len()
-    )
-}
-
-/// A WebSocket upgrade request written by hand, for exact responses to refused upgrades.
-fn upgrade_request(query: &str, token_header: Option<&str>) -> Vec<u8> {
-    let mut req = format!(
-        "GET /subscribe/websocket{query} HTTP/1.1\r\nHost: mist\r\nConnection: Upgrade\r\n\
-         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    );
-    if let Some(t) = token_header {
-        req.push_str(&format!("X-Auth-Token: {t}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.into_bytes()
-}
-
-/// The body of `GET /metrics`, after checking the status line and content type.
-fn scrape(addr: SocketAddr) -> String {
-    let resp = get(addr, "/metrics");
-    let (head, body) = resp.split_once("\r\n\r\n").expect("a complete response");
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(
-        head.contains("\r\ncontent-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    body.to_string()
-}
-
-/// The value of one series (`name{labels}`) in a Prometheus text body.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
-}
-
-/// Polls `/metrics` until `series` has the value `want`: for gauges that change after a
-/// connection has ended, where no reply can serve as a barrier.
-fn wait_metric(addr: SocketAddr, series: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = metric(&scrape(addr), series);
-        if got == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{series} is {got}, want {want}");
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A TCP client publishing `line(i)` for i = 0, 1, 2, ... on its own thread until stopped, in
@@ -478,20 +362,23 @@ fn refused_tokens_get_401_before_the_upgrade() {
     );
 
     let cases = [
-        (upgrade_request("", None), "missing token\n"),
-        (upgrade_request("", Some("nope")), "unknown token\n"),
+        (upgrade_request("", None, &[]), "missing token\n"),
+        (upgrade_request("", Some("nope"), &[]), "unknown token\n"),
         (
-            upgrade_request("?x-auth-token=nope", None),
+            upgrade_request("?x-auth-token=nope", None, &[]),
             "unknown token\n",
         ),
-        (upgrade_request("", Some("emptied")), "token has no tags\n"),
         (
-            upgrade_request("?x-auth-token=emptied", None),
+            upgrade_request("", Some("emptied"), &[]),
+            "token has no tags\n",
+        ),
+        (
+            upgrade_request("?x-auth-token=emptied", None, &[]),
             "token has no tags\n",
         ),
     ];
     for (req, body) in cases {
-        let resp = String::from_utf8(http(server.http, &req)).unwrap();
+        let resp = http(server.http, &req);
         assert_eq!(resp, plain("401 Unauthorized", body, ""));
     }
 
@@ -536,17 +423,17 @@ fn subscribe_needs_one_of_the_tokens_tags_at_that_moment() {
 #[test]
 fn plain_http_endpoints() {
     let server = TestServer::start();
-    assert_eq!(get(server.http, "/ping"), plain("200 OK", "pong", ""));
+    assert_eq!(http_get(server.http, "/ping"), plain("200 OK", "pong", ""));
     assert_eq!(
-        get(server.http, "/nope"),
+        http_get(server.http, "/nope"),
         plain("404 Not Found", "not found\n", "")
     );
     assert_eq!(
-        get(server.http, "/subscribe/websocket/x"),
+        http_get(server.http, "/subscribe/websocket/x"),
         plain("404 Not Found", "not found\n", "")
     );
     assert_eq!(
-        get(server.http, "/subscribe/websocket"),
+        http_get(server.http, "/subscribe/websocket"),
         plain(
             "426 Upgrade Required",
             "this endpoint speaks WebSocket\n",
@@ -557,7 +444,7 @@ fn plain_http_endpoints() {
                        Upgrade: websocket\r\nSec-WebSocket-Version: 8\r\n\
                        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Auth-Token: t\r\n\r\n";
     assert_eq!(
-        String::from_utf8(http(server.http, old_version.as_bytes())).unwrap(),
+        http(server.http, old_version.as_bytes()),
         plain(
             "426 Upgrade Required",
             "unsupported WebSocket version\n",
@@ -566,19 +453,15 @@ fn plain_http_endpoints() {
     );
     let post = b"POST /ping HTTP/1.1\r\nHost: mist\r\nContent-Length: 2\r\n\r\nhi";
     assert_eq!(
-        String::from_utf8(http(server.http, post)).unwrap(),
+        http(server.http, post),
         plain("405 Method Not Allowed", "only GET\n", "allow: GET\r\n")
     );
     assert_eq!(
-        String::from_utf8(http(server.http, b"\x00\x01 nonsense\r\n\r\n")).unwrap(),
+        http(server.http, b"\x00\x01 nonsense\r\n\r\n"),
         plain("400 Bad Request", "malformed request: invalid token\n", "")
     );
     assert_eq!(
-        String::from_utf8(http(
-            server.http,
-            b"GET /ping HTTP/1.1\r\nHost mist\r\n\r\n"
-        ))
-        .unwrap(),
+        http(server.http, b"GET /ping HTTP/1.1\r\nHost mist\r\n\r\n"),
         plain(
             "400 Bad Request",
             "malformed request: invalid header name\n",
@@ -1088,6 +971,7 @@ fn slow_consumer_by_message_count() {
     slow_consumer(|c| c.client_queue = 4);
 }
 
+/// Regression test for 1cfa13b: under the byte limit, one run of losses could get two notices.
 #[test]
 fn slow_consumer_by_bytes() {
     slow_consumer(|c| c.client_queue_bytes = 200 * 1024);
@@ -1140,6 +1024,8 @@ fn rfc6455_ping_is_answered_while_deliveries_flow() {
     }
 }
 
+/// Regression test for 1cfa13b: a WebSocket could be shut down while another thread was still
+/// writing its close frame.
 #[test]
 fn close_handshake_echoes_the_code_then_the_connection_ends() {
     let server = TestServer::start();
@@ -1199,11 +1085,11 @@ fn max_connections_counts_websockets() {
         Some(503)
     );
     assert_eq!(
-        String::from_utf8(http(server.http, &upgrade_request("", Some("tok")))).unwrap(),
+        http(server.http, &upgrade_request("", Some("tok"), &[])),
         plain("503 Service Unavailable", "too many connections\n", "")
     );
     // Plain HTTP requests are not clients and are still answered.
-    assert_eq!(get(server.http, "/ping"), plain("200 OK", "pong", ""));
+    assert_eq!(http_get(server.http, "/ping"), plain("200 OK", "pong", ""));
     // Once the TCP client has gone, its slot is free (nothing answers a close: poll).
     drop(admin);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1274,7 +1160,7 @@ fn an_embedding_program_serves_websockets_and_publishes() {
     });
 
     // The same routes as mist's own listener.
-    assert_eq!(get(addr, "/ping"), plain("200 OK", "pong", ""));
+    assert_eq!(http_get(addr, "/ping"), plain("200 OK", "pong", ""));
     let mut ws = ws_connect(addr, "embedded");
     subscribe(&mut ws, &["news"]);
     let tags = TagSet::from_strs(&["world", "news"], 32).unwrap();
