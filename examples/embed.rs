@@ -30,8 +30,8 @@
 //! such as `{"keys":["clock","demo"],"data":"tick 7"}`. The token holds the tags `clock` and
 //! `demo`; subscribing to `["other"]` is refused with `token lacks the tags other`.
 
-use mist::auth::memory::MemoryStore;
-use mist::tags::TagSet;
+use mist::MemoryStore;
+use mist::TagSet;
 use mist::{Config, Context};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -51,7 +51,7 @@ fn main() -> std::io::Result<()> {
     let ctx = Context::new(config, Box::new(MemoryStore::new()));
 
     let token_tags = TagSet::from_strs(&["clock", "demo"], max_tags).expect("valid tags");
-    ctx.tokens
+    ctx.tokens()
         .register(TOKEN, &token_tags)
         .expect("a new token in an empty store");
 

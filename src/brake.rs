@@ -290,11 +290,13 @@ impl Budget {
     }
 
     /// The number of addresses remembered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// True when no address is remembered.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

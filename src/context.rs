@@ -27,17 +27,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// What every connection shares. Cheap to reach through `Arc<Context>`.
+/// What every connection of a server shares: its configuration, subscription index, token
+/// rules and counters. Cheap to reach through `Arc<Context>`.
 pub struct Context {
-    pub config: Config,
-    pub broker: Broker,
-    pub tokens: Tokens,
+    pub(crate) config: Config,
+    pub(crate) broker: Broker,
+    pub(crate) tokens: Tokens,
     /// The brakes on guessing tokens, and on HTTP sent to the line port.
-    pub brakes: Brakes,
-    pub metrics: Arc<Metrics>,
-    pub conns: Connections,
+    pub(crate) brakes: Brakes,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) conns: Connections,
     /// The HTTP request heads being read, bounded in total and per client address.
-    pub pending_heads: PendingHeads,
+    pub(crate) pending_heads: PendingHeads,
     shutting_down: AtomicBool,
 }
 
@@ -83,8 +84,39 @@ impl Context {
         Ok(())
     }
 
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The server's counters (what `/metrics` shows).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The token rules: register, change and look up tokens as the admin commands do.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// The HTTP request heads being read right now.
+    pub fn pending_heads(&self) -> &PendingHeads {
+        &self.pending_heads
+    }
+
+    /// The open connections: the `max_connections` slots taken.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The connection threads running (writer threads apart); zero once
+    /// [`Server::shutdown`](crate::Server::shutdown) has returned.
+    pub fn connection_threads(&self) -> usize {
+        self.conns.threads()
+    }
+
     /// The bounds of a client's outbound queue.
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         Limits {
             max_msgs: self.config.client_queue,
             max_bytes: self.config.client_queue_bytes,
@@ -99,12 +131,12 @@ impl Context {
 
     /// How long a write to a client may make no progress before the client is given up as
     /// gone (`write_timeout`).
-    pub fn write_timeout(&self) -> Duration {
+    pub(crate) fn write_timeout(&self) -> Duration {
         Duration::from_secs(self.config.write_timeout)
     }
 
     /// True once shutdown has begun.
-    pub fn shutting_down(&self) -> bool {
+    pub(crate) fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
 
@@ -150,7 +182,7 @@ impl Context {
         peer: SocketAddr,
     ) -> Conn {
         let sub = self.new_client(sock, peer, Transport::Tcp);
-        self.record(slot, sub, Transport::Tcp, None)
+        self.record(slot, sub, None)
     }
 
     /// Registers a WebSocket client as [`register`](Self::register) does, if its token is
@@ -168,7 +200,7 @@ impl Context {
     ) -> Result<Conn, AccessError> {
         let sub = self.new_client(sock, peer, Transport::WebSocket);
         self.tokens.admit(&token, sub.id, &sub.out)?;
-        Ok(self.record(slot, sub, Transport::WebSocket, Some(token)))
+        Ok(self.record(slot, sub, Some(token)))
     }
 
     /// A client id and an outbound queue for a connection, with its socket options set.
@@ -193,19 +225,12 @@ impl Context {
     }
 
     /// Records a client in the registry and the gauge; the returned guard undoes it.
-    fn record(
-        self: &Arc<Self>,
-        slot: Slot,
-        sub: Subscriber,
-        transport: Transport,
-        token: Option<String>,
-    ) -> Conn {
+    fn record(self: &Arc<Self>, slot: Slot, sub: Subscriber, token: Option<String>) -> Conn {
         self.conns.open.lock().insert(sub.id, Arc::clone(&sub.out));
-        metrics::add(self.gauge(transport), 1);
+        metrics::add(self.gauge(sub.out.transport()), 1);
         Conn {
             ctx: Arc::clone(self),
             sub,
-            transport,
             token,
             _slot: slot,
         }
@@ -231,7 +256,7 @@ pub enum PublishError {
 
 /// Open connections: their slots against `max_connections`, the queues of registered clients,
 /// and the running connection threads, so shutdown can close them all and wait for them.
-pub struct Connections {
+pub(crate) struct Connections {
     max: usize,
     /// Slots taken.
     count: AtomicUsize,
@@ -262,18 +287,13 @@ impl Connections {
     }
 
     /// The number of open connections: slots taken.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.count.load(Ordering::Acquire)
     }
 
-    /// True when no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The number of connection threads running (one per connection, plus writer threads,
-    /// which are not counted).
-    pub fn threads(&self) -> usize {
+    /// The number of connection threads running (one per connection; writer threads are not
+    /// counted).
+    fn threads(&self) -> usize {
         self.threads.lock().sockets.len()
     }
 
@@ -340,7 +360,6 @@ pub(crate) struct Conn {
     ctx: Arc<Context>,
     /// The client as the index and the publishers see it.
     pub(crate) sub: Subscriber,
-    transport: Transport,
     /// The token a WebSocket was admitted with.
     token: Option<String>,
     /// Dropped after `drop` has run: the slot is given back last.
@@ -364,6 +383,6 @@ impl Drop for Conn {
         }
         self.sub.out.close_after_flush(None);
         ctx.conns.open.lock().remove(&id);
-        metrics::sub(ctx.gauge(self.transport), 1);
+        metrics::sub(ctx.gauge(self.sub.out.transport()), 1);
     }
 }

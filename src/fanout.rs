@@ -67,11 +67,6 @@ impl Fanout {
         }
     }
 
-    /// True when nothing is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.batch.is_empty()
-    }
-
     /// Delivers the batch: queues each run for its subscribers under the index read lock,
     /// then, with the lock released, writes to the subscribers' sockets.
     pub fn flush(&mut self) {

@@ -163,6 +163,7 @@ impl LineReader {
     }
 
     /// The buffer's current size in bytes (for tests of its bounds).
+    #[cfg(any(test, fuzzing))]
     pub fn capacity(&self) -> usize {
         self.buf.len()
     }

@@ -6,63 +6,101 @@
 //! reader and one writer thread per connection, a shared index behind a read-write lock, and a
 //! bounded outbound queue per client that drops newer messages when it is full.
 //!
+//! # Using it
+//!
+//! A program runs a whole server with [`Server::start`] and a [`Config`]; or builds a
+//! [`Context`] and hands the connections it accepts itself to [`serve`]
+//! (`examples/embed.rs`), publishing with [`Context::publish`]. Tokens live in a
+//! [`TokenStore`]: [`MemoryStore`], [`PgStore`], or the program's own.
+//!
 //! # Layout
 //!
-//! - [`tags`]: tag, tag set and token validation and normalisation (pure).
-//! - [`line`]: the TCP line protocol: parsing commands and formatting replies (pure).
-//! - [`framing`]: splitting a byte stream into bounded lines.
-//! - [`wsjson`]: the WebSocket JSON commands and replies (pure).
-//! - [`wsframe`]: encoding the WebSocket frames the server sends (pure).
-//! - [`config`]: `mist.conf` parsing, defaults and validation (pure).
-//! - [`message`]: a published message, encoded once and shared.
-//! - [`broker`]: the subscription index and matching; no I/O.
-//! - [`fanout`]: a publishing connection's batch of messages and their delivery.
-//! - [`outbound`]: a client's bounded queue, drop counting and writer thread.
-//! - [`pacing`]: when a publisher waits for a subscriber that is behind (pure).
-//! - [`context`]: what connections share: [`Context`], `max_connections` slots, the
+//! The modules are private; what a program uses is re-exported above.
+//!
+//! - `tags`: tag, tag set and token validation and normalisation (pure).
+//! - `line`: the TCP line protocol: parsing commands and formatting replies (pure).
+//! - `framing`: splitting a byte stream into bounded lines.
+//! - `wsjson`: the WebSocket JSON commands and replies (pure).
+//! - `wsframe`: encoding the WebSocket frames the server sends (pure).
+//! - [`config`]: `mist.conf` parsing, defaults and validation (pure); public.
+//! - `message`: a published message, encoded once and shared.
+//! - `broker`: the subscription index and matching; no I/O.
+//! - `fanout`: a publishing connection's batch of messages and their delivery.
+//! - `outbound`: a client's bounded queue, drop counting and writer thread.
+//! - `pacing`: when a publisher waits for a subscriber that is behind (pure).
+//! - `context`: what connections share: [`Context`], `max_connections` slots, the
 //!   connection registry, and the guards that give a connection's resources back.
-//! - [`net`]: socket options, thread stacks, the open-files limit, the lingering close.
-//! - [`tcp`]: line-protocol connections.
-//! - [`http`]: the HTTP listener: `/subscribe/websocket`, `/ping`, `/metrics`; and [`serve`]
+//! - `net`: socket options, thread stacks, the open-files limit, the lingering close.
+//! - `tcp`: line-protocol connections.
+//! - `http`: the HTTP listener: `/subscribe/websocket`, `/ping`, `/metrics`; and [`serve`]
 //!   for embedding.
-//! - [`pending`]: the HTTP request heads being read, bounded in total and per address.
-//! - [`ws`]: WebSocket admission and sessions.
-//! - [`auth`]: the token store trait, its in-memory store, and the token rules.
-//! - [`brake`]: the per-address budget of failed attempts, and summarised logging (pure core).
-//! - [`metrics`]: counters and their Prometheus form.
-//! - [`report`]: an error and its causes on one line.
-//! - [`server`]: the listeners, their accept loops, and shutdown.
+//! - `pending`: the HTTP request heads being read, bounded in total and per address.
+//! - `ws`: WebSocket admission and sessions.
+//! - `auth`: the token store trait, its stores, and the token rules ([`Tokens`]).
+//! - `brake`: the per-address budget of failed attempts, and summarised logging (pure core).
+//! - `metrics`: counters and their Prometheus form.
+//! - `report`: an error and its causes on one line.
+//! - `server`: the listeners, their accept loops, and shutdown.
 //! - [`client`]: the command-line client (`mist publish ...`).
-//! - [`bench`]: `mist bench`, the load generator that measures a running server.
 //! - [`cli`]: command-line arguments.
+//!
+//! The `mist` binary (`src/main.rs`) has modules of its own: `process` (log, panics, malloc,
+//! signals) and `bench` (`mist bench`, the load generator).
+//!
+//! Dependencies run one way: `server` → the listeners (`tcp`, `http`) → `ws` → `context`,
+//! `net`; nothing imports a module that imports it back.
 
-pub mod auth;
-pub mod bench;
-pub mod brake;
-pub mod broker;
+mod auth;
+mod brake;
+mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod context;
-pub mod fanout;
-pub mod framing;
-pub mod http;
-pub mod line;
-pub mod message;
-pub mod metrics;
-pub mod net;
-pub mod outbound;
-pub mod pacing;
-pub mod pending;
-pub mod report;
-pub mod server;
-pub mod tags;
-pub mod tcp;
-pub mod ws;
-pub mod wsframe;
-pub mod wsjson;
+mod context;
+mod fanout;
+mod message;
+mod metrics;
+mod net;
+mod outbound;
+mod pacing;
+mod pending;
+mod report;
+mod server;
+mod tcp;
+mod ws;
+mod wsframe;
 
+// The fuzz targets (`fuzz/`, built with `--cfg fuzzing`) drive the parsers directly.
+#[cfg(fuzzing)]
+pub mod framing;
+#[cfg(not(fuzzing))]
+mod framing;
+#[cfg(fuzzing)]
+pub mod http;
+#[cfg(not(fuzzing))]
+mod http;
+#[cfg(fuzzing)]
+pub mod line;
+#[cfg(not(fuzzing))]
+mod line;
+#[cfg(fuzzing)]
+pub mod tags;
+#[cfg(not(fuzzing))]
+mod tags;
+#[cfg(fuzzing)]
+pub mod wsjson;
+#[cfg(not(fuzzing))]
+mod wsjson;
+
+pub use auth::memory::MemoryStore;
+pub use auth::postgres::{OpenError, PgError, PgStore};
+pub use auth::{StoreError, TokenStore, Tokens};
 pub use config::Config;
-pub use context::Context;
-pub use http::serve;
-pub use server::Server;
+pub use context::{Context, PublishError};
+pub use http::{MAX_HEAD, MAX_HEADERS, serve};
+pub use metrics::Metrics;
+pub use net::raise_fd_limit;
+pub use pending::{MAX_PENDING_HEADS, MAX_PENDING_HEADS_PER_ADDRESS, PendingHeads};
+pub use report::ErrorChain;
+pub use server::{Server, StartError};
+pub use tags::{TagError, TagSet};

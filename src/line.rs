@@ -65,6 +65,7 @@ impl Command<'_> {
     /// The command as a line, without the line ending: tag sets in their normalised form,
     /// `publish` tags and data as they are. [`parse`] gives a command it returned back from
     /// this line; the property tests and the fuzz targets rely on that.
+    #[cfg(any(test, fuzzing))]
     pub fn to_line(&self) -> Vec<u8> {
         match self {
             Command::Ping => b"ping".to_vec(),

@@ -2,15 +2,12 @@
 //! Only arguments, the choice between server and client, and exit codes live here; the
 //! process's set-up around the server (log, panics, malloc, signals) is in [`process`].
 
+mod bench;
 mod process;
 
-use mist::Server;
-use mist::auth::TokenStore;
-use mist::auth::memory::MemoryStore;
-use mist::auth::postgres::PgStore;
 use mist::cli::{Args, Bench, Command};
 use mist::config::{AuthStore, Cluster, Config, Overrides};
-use mist::report::ErrorChain;
+use mist::{ErrorChain, MemoryStore, PgStore, Server, TokenStore};
 use process::StopSignals;
 use std::process::ExitCode;
 
@@ -36,7 +33,7 @@ fn main() -> ExitCode {
         .or_else(|| std::env::var("MIST_ADMIN_TOKEN").ok());
     let cmd = match cmd {
         Command::Bench(bench) => {
-            let globals = mist::bench::Globals {
+            let globals = bench::Globals {
                 tcp_addr: args.tcp_addr,
                 http_addr: args.http_addr,
                 admin_token,
@@ -56,8 +53,8 @@ fn main() -> ExitCode {
 }
 
 /// `mist bench`: exit code 2 for bad arguments, 1 when the run could not be set up.
-fn run_bench(bench: Bench, globals: mist::bench::Globals) -> ExitCode {
-    match mist::bench::run(bench, globals) {
+fn run_bench(bench: Bench, globals: bench::Globals) -> ExitCode {
+    match bench::run(bench, globals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mist bench: {e}");

@@ -32,11 +32,6 @@ impl Encoded {
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
 }
 
 const PREFIX: &[u8] = b"publish ";
@@ -102,21 +97,9 @@ impl BatchBuilder {
 }
 
 impl Batch {
-    /// A batch of one message.
-    pub fn single(tags: &[u8], data: &[u8]) -> Arc<Batch> {
-        let mut b = BatchBuilder::default();
-        b.push(tags, data);
-        b.build()
-    }
-
     /// The number of messages.
     pub fn len(&self) -> usize {
         self.tags_ends.len()
-    }
-
-    /// True when the batch holds no message.
-    pub fn is_empty(&self) -> bool {
-        self.tags_ends.is_empty()
     }
 
     /// The memory the batch keeps alive for whoever holds a slice of it: its lines, and its
@@ -148,6 +131,7 @@ impl Batch {
     }
 
     /// The TCP delivery line of message `i`, newline included.
+    #[cfg(test)]
     pub fn line(&self, i: usize) -> &[u8] {
         self.lines.bytes(self.lines.span(i..i + 1))
     }

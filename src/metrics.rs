@@ -5,31 +5,49 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// All counters and gauges of one server.
+/// All counters and gauges of one server: `/metrics` shows them ([`Metrics::render`]). Read
+/// one with `load(Ordering::Relaxed)`; counters only grow, gauges say how many now.
 #[derive(Default, Debug)]
 pub struct Metrics {
+    /// Open line-protocol connections (gauge).
     pub tcp_connections: AtomicU64,
+    /// Open WebSocket connections (gauge).
     pub ws_connections: AtomicU64,
+    /// Connections accepted by either listener.
     pub connections_accepted: AtomicU64,
+    /// Connections refused because `max_connections` were open.
     pub connections_refused: AtomicU64,
+    /// Subscriptions held (gauge).
     pub subscriptions: AtomicU64,
+    /// Messages published.
     pub messages_published: AtomicU64,
+    /// Messages queued for a subscriber.
     pub deliveries: AtomicU64,
+    /// Deliveries dropped because a subscriber's queue was full.
     pub drops: AtomicU64,
+    /// Slow-consumer notices sent.
     pub slow_consumer_notices: AtomicU64,
+    /// Failed admin authentications and refused WebSocket tokens or origins.
     pub auth_failures: AtomicU64,
     /// Addresses that used up their failure budget (see `brake.rs`), by what they guessed.
     pub auth_lockouts_admin: AtomicU64,
+    /// Addresses that used up their failure budget guessing WebSocket tokens.
     pub auth_lockouts_websocket: AtomicU64,
     /// Attempts refused unchecked because their address was locked out.
     pub auth_refused_admin: AtomicU64,
+    /// WebSocket upgrades refused unchecked because their address was locked out.
     pub auth_refused_websocket: AtomicU64,
     /// Line-protocol connections closed because a line began like HTTP.
     pub line_http_closed: AtomicU64,
+    /// WebSocket subscriptions and connections revoked with their token's tags.
     pub revocations: AtomicU64,
+    /// Clients given up because a write made no progress for `write_timeout`.
     pub write_timeouts: AtomicU64,
+    /// `error` replies and WebSocket failure replies sent.
     pub errors_sent: AtomicU64,
+    /// Times a publisher waited for a subscriber that was behind.
     pub pacing_waits: AtomicU64,
+    /// Such waits that reached their deadline with the subscriber still behind.
     pub pacing_gave_up: AtomicU64,
 }
 

@@ -79,7 +79,7 @@ impl Drop for HeadSlot<'_> {
 
 impl PendingHeads {
     /// Bounds of `max_total` heads in all and `max_per_address` from one address.
-    pub fn new(max_total: usize, max_per_address: usize) -> PendingHeads {
+    pub(crate) fn new(max_total: usize, max_per_address: usize) -> PendingHeads {
         PendingHeads {
             max_total,
             max_per_address,
@@ -91,7 +91,7 @@ impl PendingHeads {
     ///
     /// # Errors
     /// The address, or the whole server, is at its bound.
-    pub fn try_take(&self, ip: IpAddr) -> Result<HeadSlot<'_>, Refusal> {
+    pub(crate) fn try_take(&self, ip: IpAddr) -> Result<HeadSlot<'_>, Refusal> {
         let key = client_key(ip);
         let mut st = self.state.lock();
         if let Some(e) = st.by_address.get_mut(&key)

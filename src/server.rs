@@ -100,7 +100,7 @@ impl Server {
     }
 
     /// Stops accepting, closes every connection, and waits for the listeners and (at most
-    /// [`SHUTDOWN_GRACE`]) for the connections' threads to end.
+    /// `SHUTDOWN_GRACE`, 10 s) for the connections' threads to end.
     pub fn shutdown(mut self) {
         self.stop();
         log::info!("stopped");

@@ -138,8 +138,6 @@ pub struct Tokens {
 /// Why a WebSocket may not connect or subscribe.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
-    #[error("missing token")]
-    MissingToken,
     #[error("unknown token")]
     UnknownToken,
     #[error("token has no tags")]
@@ -152,7 +150,7 @@ pub enum AccessError {
 
 impl Tokens {
     /// Token rules over a store.
-    pub fn new(store: Box<dyn TokenStore>, broker: Broker, metrics: Arc<Metrics>) -> Tokens {
+    pub(crate) fn new(store: Box<dyn TokenStore>, broker: Broker, metrics: Arc<Metrics>) -> Tokens {
         Tokens {
             store,
             broker,
@@ -172,7 +170,7 @@ impl Tokens {
     ///
     /// # Errors
     /// Unknown token, a token without tags, or the store is unavailable.
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         token: &str,
         id: ClientId,
@@ -196,7 +194,7 @@ impl Tokens {
     ///
     /// # Errors
     /// The token lacks every tag of the set, was unregistered, or the store is unavailable.
-    pub fn subscribe_checked<R>(
+    pub(crate) fn subscribe_checked<R>(
         &self,
         token: &str,
         set: &TagSet,
@@ -235,7 +233,7 @@ impl Tokens {
     }
 
     /// Forgets a closed WebSocket connection.
-    pub fn detach(&self, token: &str, id: ClientId) {
+    pub(crate) fn detach(&self, token: &str, id: ClientId) {
         let mut sessions = self.sessions.lock();
         if let Some(list) = sessions.get_mut(token) {
             list.retain(|c| c.id != id);

@@ -71,7 +71,7 @@ pub struct OpenError {
 pub enum PgError {
     #[error("pg_address is not host:port")]
     Address,
-    /// Every connection of the pool stayed busy for [`CHECKOUT_TIMEOUT`].
+    /// Every connection of the pool stayed busy for `CHECKOUT_TIMEOUT` (5 s).
     #[error("all database connections are busy")]
     Busy,
     /// A new connection of the pool could not be opened.

@@ -16,7 +16,7 @@ use super::payload::{self, Clock, Stamp};
 use super::reader::{Conn, Plan, Reader, Role, Stats};
 use super::report::{Latency, Params, PubSub, Server};
 use super::{BenchError, Options, Transport, progress, sys};
-use crate::tags::TagSet;
+use mist::TagSet;
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

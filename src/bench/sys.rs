@@ -64,7 +64,7 @@ pub fn own_cpu_seconds() -> f64 {
 
 /// Raises the open-files limit to the hard limit and returns the limit now in force.
 pub fn raise_open_files() -> u64 {
-    crate::net::raise_fd_limit();
+    mist::raise_fd_limit();
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -135,8 +135,6 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, BadFrame> {
 pub const OP_TEXT: u8 = 0x1;
 /// Opcode of a pong frame.
 pub const OP_PONG: u8 = 0xA;
-/// Opcode of a close frame.
-pub const OP_CLOSE: u8 = 0x8;
 
 /// Appends a final client frame (masked with `mask`, as RFC 6455 requires of clients).
 pub fn client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {

@@ -45,7 +45,7 @@ fn subscriber(server: &TestServer, tags: &str) -> LineClient {
 /// Waits until the server holds `n` subscriptions (a subprocess's `subscribe` has no other
 /// observable effect to wait for).
 fn wait_for_subscriptions(server: &TestServer, n: u64) {
-    let m = &server.context().metrics;
+    let m = &server.context().metrics();
     let deadline = Instant::now() + TIMEOUT;
     while m.subscriptions.load(Ordering::Relaxed) != n {
         assert!(
@@ -236,7 +236,7 @@ fn list_and_unsubscribe() {
 #[test]
 fn token_admin_commands() {
     let server = TestServer::start();
-    let tokens = &server.context().tokens;
+    let tokens = &server.context().tokens();
     let a = server.tcp;
     assert_ok(&client(a, &["register", "b,a", "tok"]), "");
     assert_eq!(tokens.tags("tok").unwrap(), ["a", "b"]);
@@ -265,7 +265,7 @@ fn token_admin_commands() {
 #[test]
 fn admin_token_from_flag_or_environment() {
     let server = TestServer::with(|c| c.admin_token = Some("s3cret".into()));
-    let tokens = &server.context().tokens;
+    let tokens = &server.context().tokens();
     let addr = server.tcp.to_string();
     let a = addr.as_str();
     let run = |args: &[&str], env: &[(&str, &str)]| {
@@ -309,7 +309,7 @@ fn admin_token_from_flag_or_environment() {
     assert_eq!(
         server
             .context()
-            .metrics
+            .metrics()
             .auth_failures
             .load(Ordering::Relaxed),
         2

@@ -3,8 +3,7 @@
 
 use crate::support::http::{plain, read_response, upgrade_request_bytes};
 use crate::support::{self, LineClient, TIMEOUT, TestServer, wait_until, ws_send, ws_text};
-use mist::http::MAX_HEADERS;
-use mist::pending::{MAX_PENDING_HEADS, MAX_PENDING_HEADS_PER_ADDRESS};
+use mist::{MAX_HEADERS, MAX_PENDING_HEADS, MAX_PENDING_HEADS_PER_ADDRESS};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -152,7 +151,7 @@ fn answered(conns: &[TcpStream], want: usize) -> Vec<String> {
 /// and WebSocket upgrade go through meanwhile.
 #[test]
 fn one_address_cannot_starve_the_http_port() {
-    mist::net::raise_fd_limit();
+    mist::raise_fd_limit();
     let server = TestServer::with(|c| c.http_head_timeout = 600);
     register(&server, "a", "tok");
     let stalled = stalled_heads("127.0.0.1", server.http, 1_100);
@@ -165,7 +164,7 @@ fn one_address_cannot_starve_the_http_port() {
     for r in &refused {
         assert_eq!(r, &want);
     }
-    let heads = &server.context().pending_heads;
+    let heads = server.context().pending_heads();
     assert_eq!(
         (heads.len(), heads.addresses()),
         (MAX_PENDING_HEADS_PER_ADDRESS, 1)
@@ -199,9 +198,9 @@ fn one_address_cannot_starve_the_http_port() {
 /// a new address gets 503 until some head is done.
 #[test]
 fn the_total_bound_holds_over_all_addresses() {
-    mist::net::raise_fd_limit();
+    mist::raise_fd_limit();
     let server = TestServer::with(|c| c.http_head_timeout = 600);
-    let heads = &server.context().pending_heads;
+    let heads = server.context().pending_heads();
     let addresses = MAX_PENDING_HEADS / MAX_PENDING_HEADS_PER_ADDRESS;
     let mut stalled: Vec<Vec<TcpStream>> = (1..=addresses)
         .map(|i| {
@@ -307,7 +306,7 @@ fn a_raw_utf8_token_in_the_header_opens_a_websocket() {
 fn a_header_token_that_is_not_utf8_is_refused_as_such() {
     let server = TestServer::start();
     register(&server, "x", "tokéutf");
-    let metrics = &server.context().metrics;
+    let metrics = server.context().metrics();
     let failures = crate::support::get(&metrics.auth_failures);
     let encoding = plain("401 Unauthorized", "invalid token encoding\n", "");
     for query in ["", "?x-auth-token=tok%C3%A9utf"] {
@@ -385,7 +384,11 @@ fn kernel_backlog(addr: SocketAddr) -> u32 {
 /// second later.
 #[test]
 fn every_listener_has_a_backlog_for_max_connections() {
-    let cap = mist::server::somaxconn().expect("net.core.somaxconn is readable");
+    let cap: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("net.core.somaxconn is readable")
+        .trim()
+        .parse()
+        .unwrap();
     for max in [2_000, 10_000] {
         let server = TestServer::with(|c| c.max_connections = max);
         let want = max.min(cap) as u32;

@@ -115,7 +115,7 @@ fn every_matching_client_gets_one_copy_and_others_none() {
             vec![],
         ]
     );
-    let m = &server.context().metrics;
+    let m = &server.context().metrics();
     assert_eq!(m.messages_published.load(Ordering::Relaxed), 3);
     assert_eq!(m.deliveries.load(Ordering::Relaxed), 4);
 }
@@ -132,7 +132,7 @@ fn nothing_is_stored() {
     publ.send("publish a after");
     publ.ping();
     assert_eq!(late.sync(), ["publish a after"]);
-    let m = &server.context().metrics;
+    let m = &server.context().metrics();
     assert_eq!(m.messages_published.load(Ordering::Relaxed), 2);
     assert_eq!(m.deliveries.load(Ordering::Relaxed), 1);
 }
@@ -140,7 +140,7 @@ fn nothing_is_stored() {
 #[test]
 fn a_disconnected_client_takes_its_subscriptions_with_it() {
     let server = TestServer::start();
-    let m = &server.context().metrics;
+    let m = &server.context().metrics();
     let mut keep = quick_client(&server);
     keep.send("subscribe a");
     keep.ping();
@@ -346,7 +346,7 @@ fn model_check(seed: u64, clients: usize, rounds: usize) {
             }
         }
     }
-    let m = &server.context().metrics;
+    let m = &server.context().metrics();
     assert_eq!(m.messages_published.load(Ordering::Relaxed), seq as u64);
     assert_eq!(m.deliveries.load(Ordering::Relaxed), delivered as u64);
     assert_eq!(m.drops.load(Ordering::Relaxed), 0);

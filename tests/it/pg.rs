@@ -3,9 +3,9 @@
 
 use crate::pgsupport::{Cluster, PgDb};
 use crate::support::{TestServer, try_ws_connect, ws_connect, ws_send, ws_sync, ws_text};
-use mist::auth::postgres::PgStore;
-use mist::auth::{StoreError, TokenStore};
-use mist::tags::TagSet;
+use mist::PgStore;
+use mist::TagSet;
+use mist::{StoreError, TokenStore};
 use std::sync::{Arc, Barrier};
 use std::thread;
 

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use mist::auth::postgres::PgStore;
+use mist::PgStore;
 use mist::config::PgConfig;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -83,7 +83,7 @@ impl Target {
             Vec::<String>::new(),
             "nothing was delivered"
         );
-        assert_eq!(get(&self.ctx().metrics.messages_published), 0);
+        assert_eq!(get(&self.ctx().metrics().messages_published), 0);
     }
 }
 
@@ -124,8 +124,8 @@ fn a_browser_post_to_the_line_port_runs_nothing() {
     let mut req = request_head("POST", "\r\n");
     req.extend_from_slice(SMUGGLED);
     send_expecting_refusal(&t, &req);
-    assert_eq!(get(&t.ctx().metrics.line_http_closed), 1);
-    assert_eq!(get(&t.ctx().metrics.errors_sent), 1);
+    assert_eq!(get(&t.ctx().metrics().line_http_closed), 1);
+    assert_eq!(get(&t.ctx().metrics().errors_sent), 1);
     t.assert_untouched();
 }
 
@@ -155,7 +155,7 @@ fn every_request_line_and_a_leading_host_header_close_the_connection() {
         send_expecting_refusal(&t, req);
     }
     t.assert_untouched();
-    assert_eq!(get(&t.ctx().metrics.line_http_closed), cases.len() as u64);
+    assert_eq!(get(&t.ctx().metrics().line_http_closed), cases.len() as u64);
 }
 
 /// The body comes in a later packet than the head: the connection is already closed, so it
@@ -233,7 +233,7 @@ fn lines_before_the_request_count_and_none_after_it() {
     let mut admin = t.server.client();
     admin.send("tags evil");
     admin.expect("error unknown token");
-    assert_eq!(get(&t.ctx().metrics.messages_published), 1);
+    assert_eq!(get(&t.ctx().metrics().messages_published), 1);
 }
 
 /// Data that contains HTTP words is data: delivered exactly, and the connection goes on.
@@ -259,7 +259,7 @@ fn http_words_inside_commands_are_untouched() {
         "error unknown command 'Hostname:'",
     );
     expect_error(&mut c, b"get / HTTP/1.1\n", "error unknown command 'get'");
-    assert_eq!(get(&t.ctx().metrics.line_http_closed), 0);
+    assert_eq!(get(&t.ctx().metrics().line_http_closed), 0);
 }
 
 /// The HTTP port reached by a plain form POST (what a page can send without asking): every
@@ -324,7 +324,7 @@ fn a_form_post_to_the_http_port_runs_nothing() {
         !resp.to_ascii_lowercase().contains("access-control-"),
         "{resp}"
     );
-    assert_eq!(get(&t.ctx().metrics.ws_connections), 0);
+    assert_eq!(get(&t.ctx().metrics().ws_connections), 0);
     t.assert_untouched();
 }
 
@@ -352,7 +352,7 @@ fn assert_refused_auth(line: &str) {
 #[test]
 fn wrong_admin_tokens_lock_the_address_out() {
     let server = TestServer::with(|c| c.admin_token = Some("s3cret".into()));
-    let m = &server.context().metrics;
+    let m = &server.context().metrics();
     let mut c = server.client();
     for i in 0..9 {
         expect_error(&mut c, format!("auth guess{i}\n").as_bytes(), WRONG);
@@ -382,7 +382,7 @@ fn wrong_admin_tokens_lock_the_address_out() {
     packed.send_raw(b"auth s3cret\nregister a tok\n");
     assert_refused_auth(&packed.line());
     assert_eq!(packed.read_to_end(), b"");
-    assert!(server.context().tokens.tags("tok").is_err());
+    assert!(server.context().tokens().tags("tok").is_err());
 
     // Without `auth`, the locked-out address keeps its other commands.
     let mut plain = server.client();
@@ -418,8 +418,8 @@ fn a_packet_of_guesses_stops_at_the_budget() {
     }
     c.expect(LOCKED_OUT);
     assert_eq!(c.read_to_end(), b"");
-    assert_eq!(get(&server.context().metrics.auth_failures), 10);
-    assert!(server.context().tokens.tags("tok").is_err());
+    assert_eq!(get(&server.context().metrics().auth_failures), 10);
+    assert!(server.context().tokens().tags("tok").is_err());
 }
 
 /// A wrong `auth` after a right one takes the admin rights away: a connection has them only
@@ -437,7 +437,7 @@ fn a_wrong_auth_after_a_right_one_drops_the_admin_rights() {
         b"unregister tok\n",
         "error admin commands need auth ADMIN_TOKEN first",
     );
-    assert!(server.context().tokens.tags("tok").is_ok());
+    assert!(server.context().tokens().tags("tok").is_ok());
     c.send("auth s3cret");
     c.send("unregister tok");
     c.send("tags tok");
@@ -469,7 +469,7 @@ fn upgrade_from(from: IpAddr, http: SocketAddr, token: &str) -> String {
 #[test]
 fn unknown_websocket_tokens_lock_the_address_out() {
     let server = TestServer::start();
-    let m = &server.context().metrics;
+    let m = &server.context().metrics();
     let mut admin = server.client();
     admin.send("register a tok");
     admin.ping();
@@ -526,7 +526,7 @@ fn the_brake_and_the_http_refusals_are_in_metrics() {
     let mut s = connect(server.tcp);
     s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(read_until_closed(&mut s), HTTP_REFUSED);
-    let text = server.context().metrics.render();
+    let text = server.context().metrics().render();
     for series in [
         "mist_auth_lockouts_total{kind=\"admin\"} 1\n",
         "mist_auth_lockouts_total{kind=\"websocket\"} 0\n",

@@ -6,9 +6,9 @@
 
 use crate::support::http::{raw_connect, upgrade_request};
 use crate::support::{TIMEOUT, TestServer, get, small_window_client, ws_connect, ws_sync};
-use mist::auth::memory::MemoryStore;
-use mist::auth::{StoreError, TokenStore};
-use mist::tags::TagSet;
+use mist::MemoryStore;
+use mist::TagSet;
+use mist::{StoreError, TokenStore};
 use parking_lot::Mutex;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -188,7 +188,7 @@ fn shutdown_leaves_no_connection_thread_behind() {
         count(t, "mist-tcp ") == 4 && count(t, "mist-tcp-w") == 1 && count(t, "mist-http") == 3
     });
     assert_eq!(count(&before, "mist-accept"), 2, "{before:?}");
-    assert_eq!(ctx.conns.threads(), 7);
+    assert_eq!(ctx.connection_threads(), 7);
 
     let shutting = thread::spawn(move || server.stop());
     // The idle client's socket is closed by shutdown...
@@ -201,10 +201,10 @@ fn shutdown_leaves_no_connection_thread_behind() {
     go.send(()).unwrap();
     shutting.join().expect("shutdown");
 
-    assert_eq!(ctx.conns.threads(), 0);
-    assert_eq!(ctx.conns.len(), 0, "every slot is given back");
-    assert_eq!(get(&ctx.metrics.tcp_connections), 0);
-    assert_eq!(get(&ctx.metrics.ws_connections), 0);
+    assert_eq!(ctx.connection_threads(), 0);
+    assert_eq!(ctx.connections(), 0, "every slot is given back");
+    assert_eq!(get(&ctx.metrics().tcp_connections), 0);
+    assert_eq!(get(&ctx.metrics().ws_connections), 0);
     // A thread's last act is to say so; the kernel takes a moment more to remove it.
     wait_threads("every mist thread to end", |t| t.is_empty());
     drop((admin, mid_line, stalled, ws));

@@ -117,7 +117,7 @@ fn subscribing_twice_is_one_subscription() {
     publ.send("publish a,b once");
     publ.ping();
     assert_eq!(sub.sync(), ["publish a,b once"]);
-    assert_eq!(get(&server.context().metrics.subscriptions), 1);
+    assert_eq!(get(&server.context().metrics().subscriptions), 1);
     // One unsubscribe removes it.
     sub.send("unsubscribe a,b");
     sub.send("list");
@@ -178,7 +178,7 @@ fn token_commands() {
     c.expect("error unknown token");
     c.ping();
     assert_eq!(
-        server.context().tokens.tags("a,b;c=d").unwrap(),
+        server.context().tokens().tags("a,b;c=d").unwrap(),
         ["x".to_string()]
     );
 }
@@ -281,7 +281,7 @@ fn every_malformed_command_gets_one_error_and_the_connection_survives() {
     c.expect("list []");
     assert_eq!(sub.sync(), Vec::<String>::new());
     assert_eq!(
-        get(&server.context().metrics.errors_sent),
+        get(&server.context().metrics().errors_sent),
         cases.len() as u64
     );
 }
@@ -668,7 +668,7 @@ fn at_most_once_per_client() {
     publ.ping();
     assert_eq!(a.sync(), ["publish a,b,c,d one", "publish b,c two"]);
     assert_eq!(b.sync(), ["publish a,b,c,d one", "publish b,c two"]);
-    assert_eq!(get(&server.context().metrics.deliveries), 4);
+    assert_eq!(get(&server.context().metrics().deliveries), 4);
 }
 
 #[test]
@@ -689,7 +689,7 @@ fn ten_thousand_messages_arrive_in_order() {
         assert_eq!(sub.line(), format!("publish a,b message {i}"));
     }
     sub.expect("pong");
-    assert_eq!(get(&server.context().metrics.drops), 0);
+    assert_eq!(get(&server.context().metrics().drops), 0);
 }
 
 #[test]
@@ -789,7 +789,7 @@ impl Resumed {
 #[test]
 fn slow_consumer_loses_newer_messages_and_is_told() {
     let server = TestServer::with(|c| c.client_queue = 4);
-    let metrics = &server.context().metrics;
+    let metrics = &server.context().metrics();
     let mut sub = server.client();
     sub.send("subscribe a");
     sub.ping();
@@ -910,7 +910,7 @@ fn without_admin_token_loopback_may() {
 #[test]
 fn with_admin_token_auth_is_needed_per_connection() {
     let server = TestServer::with(|c| c.admin_token = Some("s3cret".into()));
-    let metrics = &server.context().metrics;
+    let metrics = &server.context().metrics();
     let mut c = server.client();
     let need = "error admin commands need auth ADMIN_TOKEN first";
     for cmd in ADMIN_CMDS {
@@ -930,7 +930,7 @@ fn with_admin_token_auth_is_needed_per_connection() {
     assert_eq!(get(&metrics.auth_failures), 3);
     expect_error(&mut c, b"register a tok\n", need);
     assert!(
-        server.context().tokens.tags("tok").is_err(),
+        server.context().tokens().tags("tok").is_err(),
         "nothing changed"
     );
 
@@ -980,7 +980,7 @@ fn max_connections_refuses_the_next_client_with_one_error() {
         third.read_to_end(),
         b"error too many connections (max_connections 2)\n"
     );
-    assert_eq!(get(&ctx.metrics.connections_refused), 1);
+    assert_eq!(get(&ctx.metrics().connections_refused), 1);
 
     // The first two keep working.
     b.send("publish a still here");
@@ -990,19 +990,19 @@ fn max_connections_refuses_the_next_client_with_one_error() {
     // A slot comes back when a client leaves.
     drop(b);
     wait_until("the server to notice the disconnect", TIMEOUT, || {
-        ctx.conns.len() < 2
+        ctx.connections() < 2
     });
     let mut d = server.client();
     d.send("publish a new");
     d.ping();
     assert_eq!(a.sync(), ["publish a new"]);
-    assert_eq!(get(&ctx.metrics.connections_refused), 1);
+    assert_eq!(get(&ctx.metrics().connections_refused), 1);
 }
 
 #[test]
 fn metrics_follow_the_traffic() {
     let server = TestServer::start();
-    let m = &server.context().metrics;
+    let m = &server.context().metrics();
     let mut s1 = server.client();
     let mut s2 = server.client();
     let mut p = server.client();

@@ -8,9 +8,9 @@ use crate::support::{
     LineClient, TIMEOUT, TestServer, test_config, try_ws_connect, ws_connect, ws_send, ws_sync,
     ws_text,
 };
-use mist::auth::memory::MemoryStore;
-use mist::context::PublishError;
-use mist::tags::TagSet;
+use mist::MemoryStore;
+use mist::PublishError;
+use mist::TagSet;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -1146,7 +1146,7 @@ fn a_message_over_max_line_bytes_is_closed_with_1009() {
 fn an_embedding_program_serves_websockets_and_publishes() {
     let ctx = mist::Context::new(test_config(), Box::new(MemoryStore::new()));
     let news = TagSet::from_strs(&["news"], 32).unwrap();
-    ctx.tokens.register("embedded", &news).unwrap();
+    ctx.tokens().register("embedded", &news).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (done_tx, done_rx) = mpsc::channel();
@@ -1173,14 +1173,14 @@ fn an_embedding_program_serves_websockets_and_publishes() {
         ctx.publish(&tags, b"two\nlines"),
         Err(PublishError::Newline)
     );
-    let big = vec![b'x'; ctx.config.max_line_bytes];
+    let big = vec![b'x'; ctx.config().max_line_bytes];
     assert_eq!(
         ctx.publish(&tags, &big),
-        Err(PublishError::TooLong(ctx.config.max_line_bytes))
+        Err(PublishError::TooLong(ctx.config().max_line_bytes))
     );
     assert_eq!(ws_sync(&mut ws), Vec::<String>::new());
     assert_eq!(
-        ctx.metrics
+        ctx.metrics()
             .messages_published
             .load(std::sync::atomic::Ordering::Relaxed),
         1

@@ -123,10 +123,10 @@ fn nul_and_invalid_utf8_in_every_field_of_every_tcp_command() {
     c.expect("error unknown token");
     assert_eq!(sub.sync(), Vec::<String>::new());
     assert_eq!(
-        get(&server.context().metrics.errors_sent),
+        get(&server.context().metrics().errors_sent),
         cases.len() as u64 + 1
     );
-    assert_eq!(get(&server.context().metrics.messages_published), 0);
+    assert_eq!(get(&server.context().metrics().messages_published), 0);
 }
 
 #[test]
@@ -152,7 +152,7 @@ fn nul_and_invalid_utf8_in_an_admin_token() {
         );
         by.check();
     }
-    assert_eq!(get(&server.context().metrics.auth_failures), 8);
+    assert_eq!(get(&server.context().metrics().auth_failures), 8);
     // The right token still works on the same connection.
     c.send("auth s3cret");
     c.send("register a tok");

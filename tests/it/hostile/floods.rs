@@ -19,7 +19,7 @@ fn a_connection_flood_at_max_connections() {
         c.send(&format!("subscribe n{i}"));
         c.ping();
     }
-    assert_eq!(ctx.conns.len(), 20);
+    assert_eq!(ctx.connections(), 20);
     let refused = "error too many connections (max_connections 20)\n";
     let start = Arc::new(Barrier::new(60));
     let flood: Vec<_> = (0..60)
@@ -52,8 +52,8 @@ fn a_connection_flood_at_max_connections() {
     for t in flood {
         t.join().expect("every flooding client was refused cleanly");
     }
-    assert_eq!(get(&ctx.metrics.connections_refused), 60);
-    assert_eq!(ctx.conns.len(), 20);
+    assert_eq!(get(&ctx.metrics().connections_refused), 60);
+    assert_eq!(ctx.connections(), 20);
     admin.send("publish n7 after");
     admin.ping();
     assert_eq!(inside[7].sync(), ["publish n7 after"]);
@@ -116,5 +116,5 @@ fn subscribing_without_bound_stops_at_max_subscriptions() {
     p.ping();
     assert_eq!(ws_text(&mut w), r#"{"keys":["n5","w"],"data":"kept"}"#);
     assert_eq!(ws_sync(&mut w), Vec::<String>::new());
-    assert_eq!(get(&server.context().metrics.subscriptions), 200);
+    assert_eq!(get(&server.context().metrics().subscriptions), 200);
 }

@@ -29,7 +29,7 @@ fn ws_allowed_origins_refuses_other_and_missing_origins_with_403() {
         "{head}"
     );
     // Other origins, and no origin, get 403 before the upgrade, whatever the token.
-    let failures = get(&ctx.metrics.auth_failures);
+    let failures = get(&ctx.metrics().auth_failures);
     let mut refused = 0;
     for origin in [
         Some("https://evil.example"),
@@ -64,7 +64,7 @@ fn ws_allowed_origins_refuses_other_and_missing_origins_with_403() {
     s.write_all(&req).unwrap();
     assert_eq!(read_response(&mut s), forbidden);
     refused += 1;
-    assert_eq!(get(&ctx.metrics.auth_failures), failures + refused);
+    assert_eq!(get(&ctx.metrics().auth_failures), failures + refused);
     // An allowed origin does not stand in for a token.
     assert_eq!(
         ws_with(

@@ -34,7 +34,7 @@ fn sixteen_mib_line_without_newline_gets_one_error_and_the_connection_goes_on() 
     c.send("publish a after");
     c.ping();
     assert_eq!(sub.sync(), ["publish a after"]);
-    assert_eq!(get(&server.context().metrics.errors_sent), 1);
+    assert_eq!(get(&server.context().metrics().errors_sent), 1);
     by.check();
 }
 

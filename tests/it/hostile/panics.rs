@@ -71,9 +71,9 @@ fn a_panicking_connection_leaves_the_in_process_server_serving() {
         // (The panic message appears on the test's stderr: this is the panic being tested.)
         doomed.send("debug-panic");
         assert_eq!(doomed.read_to_end(), b"");
-        wait_until("the slot to come back", TIMEOUT, || ctx.conns.len() == 2);
-        assert_eq!(get(&ctx.metrics.subscriptions), 1);
-        assert_eq!(get(&ctx.metrics.tcp_connections), 2);
+        wait_until("the slot to come back", TIMEOUT, || ctx.connections() == 2);
+        assert_eq!(get(&ctx.metrics().subscriptions), 1);
+        assert_eq!(get(&ctx.metrics().tcp_connections), 2);
         by.check();
     }
     let mut p = server.client();

@@ -122,8 +122,8 @@ fn admin_commands_from_another_network_namespace() {
     );
     // Nothing was registered.
     assert_eq!(
-        open.context().tokens.store().tags("tok"),
-        Err(mist::auth::StoreError::UnknownToken)
+        open.context().tokens().store().tags("tok"),
+        Err(mist::StoreError::UnknownToken)
     );
 
     let guarded = TestServer::with(|c| {
@@ -148,7 +148,7 @@ fn admin_commands_from_another_network_namespace() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(
-        guarded.context().tokens.store().tags("tok"),
+        guarded.context().tokens().store().tags("tok"),
         Ok(vec!["a".to_string()])
     );
 }

@@ -57,13 +57,13 @@ fn a_client_that_connects_and_sends_nothing() {
     let ctx = server.context();
     let mut by = Bystander::new(&server);
     by.check();
-    let before = ctx.conns.len();
+    let before = ctx.connections();
     // TCP: an idle connection is a legitimate idle subscriber. It holds a slot, blocks nobody,
     // and still works after the others were served.
     let mut idle: Vec<LineClient> = (0..50).map(|_| server.client()).collect();
     by.check();
     wait_until("the idle clients to be counted", TIMEOUT, || {
-        ctx.conns.len() == before + 50
+        ctx.connections() == before + 50
     });
     let mut p = server.client();
     p.send("publish a x");

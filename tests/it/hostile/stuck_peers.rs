@@ -135,12 +135,12 @@ fn a_client_that_never_reads_its_replies_is_dropped_after_write_timeout() {
     });
     wait_until("the write timeout", TIMEOUT, || {
         by.check();
-        get(&ctx.metrics.write_timeouts) == 1
+        get(&ctx.metrics().write_timeouts) == 1
     });
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(1), "{took:?}");
     wait_until("the flooder to be disconnected", TIMEOUT, || {
-        get(&ctx.metrics.tcp_connections) == 1
+        get(&ctx.metrics().tcp_connections) == 1
     });
     writer.join().unwrap();
     by.check();

@@ -20,8 +20,8 @@ pub use ws::{
     try_ws_connect, try_ws_connect_from, try_ws_connect_with, ws_connect, ws_send, ws_sync, ws_text,
 };
 
-use mist::auth::TokenStore;
-use mist::auth::memory::MemoryStore;
+use mist::MemoryStore;
+use mist::TokenStore;
 use mist::{Config, Server};
 use std::net::SocketAddr;
 use std::time::Duration;
