@@ -15,7 +15,7 @@
 //! # Layout
 //!
 //! - `queue`: the queue as plain data: items, budgets, drops and notices, revocation (pure).
-//! - `io`: writing items to a [`Sink`](io::Sink) (the socket): partial writes, `WouldBlock`.
+//! - `io`: writing items to a `Sink` (the socket): partial writes, `WouldBlock`, `EINTR`.
 //! - `writer`: the writer thread.
 //! - here: the [`Outbound`] handle, which keeps the queue and the connection's state under one
 //!   mutex and decides which thread writes.
