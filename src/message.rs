@@ -148,8 +148,10 @@ impl Batch {
 }
 
 /// The tags of a WebSocket delivery frame (`{"keys":[...],...}`), comma-joined; `None` when the
-/// bytes are not one whole delivery frame. Used only when deliveries are revoked.
-pub fn frame_tags(frame: &[u8]) -> Option<String> {
+/// bytes are not one whole delivery frame. The server never reads its frames back (a queued
+/// delivery knows its tags); the tests do.
+#[cfg(test)]
+pub(crate) fn frame_tags(frame: &[u8]) -> Option<String> {
     let (payload, rest) = crate::wsframe::split_text(frame)?;
     if !rest.is_empty() {
         return None;

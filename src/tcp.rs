@@ -1,5 +1,5 @@
 //! The line-protocol listener's connections: a reader thread that runs the commands; the
-//! client's writer thread (see `outbound.rs`) starts when its socket is slow.
+//! client's writer thread (see `outbound/writer.rs`) starts when its socket is slow.
 
 use crate::auth::{self, StoreError};
 use crate::brake;

@@ -53,6 +53,7 @@ pub fn append_text(out: &mut Vec<u8>, payload: &[u8]) {
 
 /// Splits one final, unmasked text frame (as the server writes them) off the front of `bytes`:
 /// its payload and what follows it. `None` when `bytes` does not start with a whole one.
+#[cfg(test)]
 pub fn split_text(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let (&first, rest) = bytes.split_first()?;
     let (&second, rest) = rest.split_first()?;
