@@ -23,9 +23,10 @@
 //!   connection registry, and the guards that give a connection's resources back.
 //! - [`net`]: socket options, thread stacks, the open-files limit, the lingering close.
 //! - [`tcp`]: line-protocol connections.
-//! - [`http`]: the HTTP listener: `/subscribe/websocket`, `/ping`, `/metrics`; and [`serve`]
-//!   for embedding.
+//! - [`http`]: the HTTP listener: `/subscribe/websocket`, `/ping`, `/metrics`, the console;
+//!   and [`serve`] for embedding.
 //! - [`pending`]: the HTTP request heads being read, bounded in total and per address.
+//! - [`console`]: the page at `/` that watches messages live in a browser (static files).
 //! - [`ws`]: WebSocket admission and sessions.
 //! - [`auth`]: the token store trait, its in-memory store, and the token rules.
 //! - [`brake`]: the per-address budget of failed attempts, and summarised logging (pure core).
@@ -42,6 +43,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod fanout;
 pub mod framing;
