@@ -11,6 +11,10 @@
 
 (() => {
   const MAX_KEPT = 1000;
+  // Memory bounds for large messages (a JavaScript string takes 2 bytes a character): each
+  // message keeps its first MAX_DATA_CHARS characters, all kept ones at most MAX_KEPT_CHARS.
+  const MAX_DATA_CHARS = 256 * 1024;
+  const MAX_KEPT_CHARS = 16 * 1024 * 1024;
   const MAX_NOTICES = 100;
   const OVERSCAN = 8; // rows drawn beyond each edge of the view
   const BACKOFF_MIN_MS = 500;
@@ -69,8 +73,10 @@
   let backoff = BACKOFF_MIN_MS;
   let sent = []; // commands sent and not answered yet, oldest first (replies come in order)
 
-  let kept = []; // {t, keys, data, lower}, oldest first, at most MAX_KEPT
+  let kept = []; // {t, keys, data, size, lower}, oldest first, at most MAX_KEPT
+  let keptChars = 0;
   let incoming = []; // arrived and not merged yet (bounded, also while paused)
+  let incomingChars = 0;
   let view = []; // the kept messages that pass the filter, newest first
   let viewStale = true;
   let paused = false;
@@ -388,11 +394,27 @@
 
   function onMessage(msg) {
     received += 1;
-    const data = typeof msg.data === "string" ? msg.data : JSON.stringify(msg.data);
-    incoming.push({ t: Date.now(), keys: msg.keys.map(String), data, lower: null });
+    const all = typeof msg.data === "string" ? msg.data : JSON.stringify(msg.data);
+    const data = all.length > MAX_DATA_CHARS ? all.slice(0, MAX_DATA_CHARS) : all;
+    incoming.push({ t: Date.now(), keys: msg.keys.map(String), data, size: all.length, lower: null });
+    incomingChars += data.length;
     // Paused, or no frames (a hidden tab): keep only what could still be shown.
-    if (incoming.length > 2 * MAX_KEPT) incoming.splice(0, incoming.length - MAX_KEPT);
+    if (incoming.length > 2 * MAX_KEPT || incomingChars > MAX_KEPT_CHARS) {
+      incomingChars = trimFront(incoming, incomingChars, MAX_KEPT);
+    }
     askFrame();
+  }
+
+  // Drops the oldest messages of `list` until at most `count` are left holding at most
+  // MAX_KEPT_CHARS characters; returns the characters left.
+  function trimFront(list, chars, count) {
+    let drop = 0;
+    while (drop < list.length && (list.length - drop > count || chars > MAX_KEPT_CHARS)) {
+      chars -= list[drop].data.length;
+      drop += 1;
+    }
+    list.splice(0, drop);
+    return chars;
   }
 
   function askFrame() {
@@ -428,9 +450,11 @@
   function merge() {
     const fresh = incoming;
     incoming = [];
+    keptChars += incomingChars;
+    incomingChars = 0;
     for (const e of fresh) kept.push(e);
-    if (kept.length > MAX_KEPT) kept.splice(0, kept.length - MAX_KEPT);
-    const added = fresh.slice(-MAX_KEPT).filter(matches).length;
+    keptChars = trimFront(kept, keptChars, MAX_KEPT);
+    const added = fresh.slice(-kept.length).filter(matches).length;
     viewStale = true;
     if (ui.scroll.scrollTop > 0 && added > 0) {
       ui.rows.style.height = `${Math.min(MAX_KEPT, view.length + added) * rowHeight}px`;
@@ -447,6 +471,7 @@
     const tags = node("span", "tags");
     tags.title = e.keys.join(",");
     for (const k of e.keys) tags.append(node("span", "chip", k));
+    // One line: the rest is cut off by CSS anyway, and shown in full on selection.
     const data = node("span", "data", e.data.length > 1000 ? `${e.data.slice(0, 1000)}…` : e.data);
     if (e.data.length === 0) data.classList.add("blank");
     const cells = [node("span", "time", clock(e.t)), tags, data];
@@ -483,6 +508,9 @@
       ui.detailTime.textContent = clock(e.t);
       chips(e.keys, ui.detailTags);
       ui.detailData.textContent = e.data;
+      if (e.size > e.data.length) {
+        ui.detailData.append(node("span", "more", `… and ${number.format(e.size - e.data.length)} more characters, not kept`));
+      }
     }
     askFrame();
   }
@@ -629,6 +657,7 @@
   ui.clear.addEventListener("click", () => {
     kept = [];
     incoming = [];
+    keptChars = incomingChars = 0;
     viewStale = true;
     show(null);
   });

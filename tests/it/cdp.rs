@@ -106,7 +106,7 @@ impl Chromium {
             // Its own process group, so that Drop ends the browser and every helper process.
             .process_group(0)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("cannot start Chromium ({}): {e}", bin.display()));
         let mut process = Process {
             child,
             profile,
@@ -135,11 +135,15 @@ impl Chromium {
                 process,
                 stderr,
             },
-            Err(_) => {
+            Err(e) => {
+                let what = match e {
+                    mpsc::RecvTimeoutError::Timeout => format!("did not open within {START:?}"),
+                    mpsc::RecvTimeoutError::Disconnected => "exited first".to_string(),
+                };
                 let status = process.stop();
                 panic!(
-                    "{} did not open its DevTools endpoint within {START:?} (exit status \
-                     {status:?}); its stderr:\n{}",
+                    "Chromium ({}) did not start: no DevTools endpoint, it {what} (exit \
+                     status {status:?}); its stderr:\n{}",
                     bin.display(),
                     stderr.lock().unwrap().join("\n")
                 );
@@ -333,6 +337,19 @@ impl Page<'_> {
     pub fn call(&mut self, method: &str, params: Value) -> Value {
         let session = self.session.clone();
         self.browser.cdp.call(Some(&session), method, params)
+    }
+
+    /// Sends a command to the (first) worker this page started.
+    pub fn worker_call(&mut self, method: &str, params: Value) -> Value {
+        let worker = self
+            .browser
+            .cdp
+            .children
+            .iter()
+            .find(|(_, parent)| *parent == self.session)
+            .map(|(child, _)| child.clone())
+            .expect("the page started a worker");
+        self.browser.cdp.call(Some(&worker), method, params)
     }
 
     /// Waits for an event of this page (one that came already counts), and removes it.

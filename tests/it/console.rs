@@ -313,6 +313,49 @@ fn the_console_in_a_real_browser() {
     page.viewport(1280, 860, false);
     page.color_scheme("light");
 
+    // A burst far larger than the table: the page keeps the last 1,000 messages, newest on top,
+    // with only the rows in view in the document; scrolling down reaches the oldest kept.
+    let burst: String = (0..5_000)
+        .map(|i| format!("publish logs,web01 burst {i}\n"))
+        .collect();
+    let received = page.eval(RECEIVED).as_u64().unwrap();
+    publisher.send_raw(burst.as_bytes());
+    publisher.ping();
+    page.wait(
+        "the burst received",
+        &format!("{RECEIVED} === {}", received + 5_000),
+    );
+    page.wait(
+        "the end of the burst on top",
+        &format!("{TOP_DATA} === 'burst 4999' && {SHOWN} === 1000"),
+    );
+    let in_document = page.eval("document.querySelectorAll('#rows .msg').length");
+    assert!(
+        in_document.as_u64().unwrap() < 100,
+        "{in_document} rows in the document"
+    );
+    page.eval("document.getElementById('scroll').scrollTop = 1e9");
+    page.wait(
+        "the oldest kept message at the bottom",
+        "document.querySelector('#rows .msg:last-child .data')?.textContent === 'burst 4000'",
+    );
+    page.eval("document.getElementById('scroll').scrollTop = 0");
+
+    // A large message: one line in the table; in full, the first 262,144 characters.
+    publisher.send(&format!("publish logs,web01 large {}", "y".repeat(300_000)));
+    publisher.ping();
+    page.wait(
+        "the large message",
+        &format!("{TOP_DATA}?.startsWith('large yyy')"),
+    );
+    page.eval("document.querySelector('#rows .msg').click()");
+    page.wait(
+        "the large message in full, as far as kept",
+        "document.getElementById('detail-data').firstChild?.textContent.length === 262144 && \
+         document.getElementById('detail-data').textContent.includes('more characters, not kept')",
+    );
+    page.eval("document.getElementById('detail-close').click()");
+
     // The server restarts on the same port: the page notices, reconnects with backoff and
     // subscribes again (the new server has a fresh token store, so the token is registered
     // again).
@@ -321,9 +364,10 @@ fn the_console_in_a_real_browser() {
         "the page noticed the server left",
         &format!("{STATE} === 'waiting'"),
     );
+    // (This one with small queues, for the slow-consumer notice below.)
     let server = TestServer::with(|c| {
         c.http_listen_address = http.to_string();
-        c.client_queue = 1 << 20;
+        c.client_queue_bytes = 64 << 10;
     });
     let mut admin = server.client();
     register(&mut admin);
@@ -379,32 +423,23 @@ fn the_console_in_a_real_browser() {
         );
     }
 
-    // A burst far larger than the table: the page keeps the last 1,000 messages, newest on top,
-    // with only the rows in view in the document; scrolling down reaches the oldest kept.
-    let burst: String = (0..20_000)
-        .map(|i| format!("publish logs,web01 burst {i}\n"))
+    // A slow-consumer notice is shown: with the page's socket worker stopped in the debugger,
+    // 16 MiB are published, far more than its 64 KiB queue and the socket buffers hold (about
+    // 4 MiB got through here); once it reads again, the server tells it how many it lost.
+    page.worker_call("Debugger.enable", json!({}));
+    page.worker_call("Debugger.pause", json!({}));
+    let big = "x".repeat(16 * 1024);
+    let flood: String = (0..1024)
+        .map(|i| format!("publish logs,web01 flood {i} {big}\n"))
         .collect();
-    let received = page.eval(RECEIVED).as_u64().unwrap();
-    publisher.send_raw(burst.as_bytes());
+    publisher.send_raw(flood.as_bytes());
     publisher.ping();
+    page.worker_call("Debugger.resume", json!({}));
     page.wait(
-        "the burst received",
-        &format!("{RECEIVED} === {}", received + 20_000),
+        "the slow-consumer notice",
+        &format!("{NOTICES}.includes('slow consumer: dropped ') && {STATE} === 'connected'"),
     );
-    page.wait(
-        "the end of the burst on top",
-        &format!("{TOP_DATA} === 'burst 19999' && {SHOWN} === 1000"),
-    );
-    let in_document = page.eval("document.querySelectorAll('#rows .msg').length");
-    assert!(
-        in_document.as_u64().unwrap() < 100,
-        "{in_document} rows in the document"
-    );
-    page.eval("document.getElementById('scroll').scrollTop = 1e9");
-    page.wait(
-        "the oldest kept message at the bottom",
-        "document.querySelector('#rows .msg:last-child .data')?.textContent === 'burst 19000'",
-    );
+    page.worker_call("Debugger.disable", json!({}));
 
     // Revocations are shown: tags taken from the token end a subscription, with a notice;
     // unregistering the token closes the connection with 1008, and the page stays closed.
