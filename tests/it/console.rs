@@ -152,6 +152,7 @@ fn register(client: &mut LineClient) {
 
 #[test]
 fn the_console_in_a_real_browser() {
+    // Queues with room for the whole burst below, so that it loses nothing.
     let server = TestServer::with(|c| c.client_queue = 1 << 20);
     let http = server.http;
     let mut admin = server.client();
