@@ -48,8 +48,9 @@ pub fn accept(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Serves one connection accepted by another program: reads its HTTP request and answers it
-/// as mist's HTTP listener would (`/subscribe/websocket`, `/ping`, `/metrics`), running the
-/// whole WebSocket session on the calling thread. Returns when the connection is closed.
+/// as mist's HTTP listener would (`/subscribe/websocket`, `/ping`, `/metrics`, the console),
+/// running the whole WebSocket session on the calling thread. Returns when the connection is
+/// closed.
 pub fn serve(ctx: &Arc<Context>, stream: TcpStream) {
     let peer = stream
         .peer_addr()
