@@ -5,8 +5,9 @@
 //
 // Built to stay responsive at 10,000 messages/s: the socket lives in a worker that hands over
 // what arrived in batches (socket-worker.js); the page keeps at most MAX_KEPT messages and
-// draws once per animation frame, and only the rows in view exist in the document (rows have
-// one fixed height, so a row's position is its index times that height).
+// draws new ones at most 20 times a second, in an animation frame, and only the rows in view
+// exist in the document (rows have one fixed height, so a row's position is its index times
+// that height).
 "use strict";
 
 (() => {
@@ -16,7 +17,10 @@
   const MAX_DATA_CHARS = 256 * 1024;
   const MAX_KEPT_CHARS = 16 * 1024 * 1024;
   const MAX_NOTICES = 100;
-  const OVERSCAN = 8; // rows drawn beyond each edge of the view
+  const OVERSCAN = 5; // rows drawn beyond each edge of the view
+  // New messages are drawn at most this often (20 times a second is plenty to read a stream,
+  // and a third of the layout and paint of drawing at 60 Hz); the user's actions at once.
+  const STREAM_FRAME_MS = 50;
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
   const TOKEN_KEY = "mist.console.token";
@@ -84,6 +88,8 @@
   let selected = null; // the message shown in full
   let rowHeight = 0;
   let frameAsked = false;
+  let streamTimer = 0;
+  let lastDraw = 0;
   let received = 0;
   let receivedAtTick = 0;
   let tickAt = performance.now();
@@ -389,7 +395,7 @@
   }
 
   // ---------------------------------------------------------------------------------------
-  // Messages: collected as they come, drawn once per animation frame
+  // Messages: collected as they come, drawn in animation frames
   // ---------------------------------------------------------------------------------------
 
   function onMessage(msg) {
@@ -402,7 +408,7 @@
     if (incoming.length > 2 * MAX_KEPT || incomingChars > MAX_KEPT_CHARS) {
       incomingChars = trimFront(incoming, incomingChars, MAX_KEPT);
     }
-    askFrame();
+    askStreamFrame();
   }
 
   // Drops the oldest messages of `list` until at most `count` are left holding at most
@@ -417,10 +423,26 @@
     return chars;
   }
 
+  // A draw at the next animation frame.
   function askFrame() {
     if (frameAsked) return;
     frameAsked = true;
     requestAnimationFrame(draw);
+  }
+
+  // A draw for new messages: at the next frame, but not sooner than STREAM_FRAME_MS after
+  // the last one.
+  function askStreamFrame() {
+    if (frameAsked || streamTimer) return;
+    const wait = lastDraw + STREAM_FRAME_MS - performance.now();
+    if (wait <= 0) {
+      askFrame();
+      return;
+    }
+    streamTimer = setTimeout(() => {
+      streamTimer = 0;
+      askFrame();
+    }, wait);
   }
 
   function matches(e) {
@@ -431,6 +453,7 @@
 
   function draw() {
     frameAsked = false;
+    lastDraw = performance.now();
     if (!paused && incoming.length > 0) merge();
     if (viewStale) {
       viewStale = false;

@@ -319,6 +319,8 @@ fn the_console_in_a_real_browser() {
     let burst: String = (0..5_000)
         .map(|i| format!("publish logs,web01 burst {i}\n"))
         .collect();
+    // (DevTools would report each of its frames from the socket worker: not now.)
+    page.worker_call("Network.disable", json!({}));
     let received = page.eval(RECEIVED).as_u64().unwrap();
     publisher.send_raw(burst.as_bytes());
     publisher.ping();
@@ -357,6 +359,8 @@ fn the_console_in_a_real_browser() {
     );
     page.eval("document.getElementById('detail-close').click()");
 
+    page.worker_call("Network.enable", json!({}));
+
     // The server restarts on the same port: the page notices, reconnects with backoff and
     // subscribes again (the new server has a fresh token store, so the token is registered
     // again).
@@ -390,6 +394,7 @@ fn the_console_in_a_real_browser() {
     // Everything the page asked for went to its own mist, and the token only ever in the
     // WebSocket's query (never in a page URL; the fragment is not sent).
     page.call("Network.disable", json!({}));
+    page.worker_call("Network.disable", json!({}));
     let requests: Vec<String> = page
         .events("Network.requestWillBeSent")
         .iter()
