@@ -274,7 +274,8 @@
       return;
     }
     // The upgrade failed. The browser does not say why; /ping tells a server that is away
-    // from one that refused the token (401), the origin (403) or a slot (503).
+    // from one that refused the token (401), the origin (403), the address (429) or a slot
+    // (503). Retries stay well below the server's brake on guessing (10 failures in 10 s).
     setState("waiting", `cannot connect; trying ${again}`);
     const stillWaiting = () => !connecting && !userClosed && retryTimer !== 0;
     fetch("/ping", { cache: "no-store" }).then(
@@ -282,7 +283,7 @@
         if (!r.ok) throw new Error(`HTTP ${r.status}`);
         if (!stillWaiting()) return;
         setState("waiting", `refused by the server; trying ${again}`);
-        notice("error", "the server refused the WebSocket: unknown token, a token without tags, an origin not in ws_allowed_origins, or no connection slot left");
+        notice("error", "the server refused the WebSocket: an unknown token, a token without tags, an origin not in ws_allowed_origins, this address locked out for failed tokens, or no connection slot left");
       },
       () => {
         if (!stillWaiting()) return;

@@ -367,13 +367,18 @@ fn the_console_in_a_real_browser() {
     server.stop();
     page.wait(
         "the page noticed the server left",
-        &format!("{STATE} === 'waiting'"),
+        &format!("{STATE} === 'waiting' && {NOTICES}.includes('does not answer; retrying')"),
     );
-    // (This one with small queues, for the slow-consumer notice below.)
+    // (This one with small queues, for the slow-consumer notice below.) Until the token is
+    // registered again, the page is refused, and says so.
     let server = TestServer::with(|c| {
         c.http_listen_address = http.to_string();
         c.client_queue_bytes = 64 << 10;
     });
+    page.wait(
+        "the page was refused by the new server",
+        &format!("{NOTICES}.includes('the server refused the WebSocket')"),
+    );
     let mut admin = server.client();
     register(&mut admin);
     page.wait(
