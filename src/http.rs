@@ -1,5 +1,6 @@
 //! The HTTP listener's connections: `/subscribe/websocket` (upgraded to a WebSocket session),
-//! `/ping` and `/metrics`; 404 for other paths, 400 for what is not HTTP.
+//! `/ping`, `/metrics` and the console's files (see [`crate::console`]); 404 for other paths,
+//! 400 for what is not HTTP.
 //!
 //! A request head is read with a size limit ([`MAX_HEAD`], at most [`MAX_HEADERS`] headers) and
 //! a deadline for the whole head (`http_head_timeout`), so a client dribbling bytes cannot hold
@@ -48,8 +49,9 @@ pub fn accept(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Serves one connection accepted by another program: reads its HTTP request and answers it
-/// as mist's HTTP listener would (`/subscribe/websocket`, `/ping`, `/metrics`), running the
-/// whole WebSocket session on the calling thread. Returns when the connection is closed.
+/// as mist's HTTP listener would (`/subscribe/websocket`, `/ping`, `/metrics`, the console),
+/// running the whole WebSocket session on the calling thread. Returns when the connection is
+/// closed.
 pub fn serve(ctx: &Arc<Context>, stream: TcpStream) {
     let peer = stream
         .peer_addr()
@@ -139,7 +141,10 @@ fn handle(ctx: &Arc<Context>, stream: Arc<TcpStream>, peer: SocketAddr, slot: Op
             );
         }
         WS_PATH => upgrade(ctx, stream, peer, head, slot),
-        _ => respond(&stream, StatusCode::NOT_FOUND, "not found\n"),
+        path => match crate::console::response(path, &head.headers) {
+            Some(page) => send(&stream, page),
+            None => respond(&stream, StatusCode::NOT_FOUND, "not found\n"),
+        },
     }
 }
 
@@ -396,24 +401,39 @@ pub fn respond(stream: &TcpStream, status: StatusCode, body: &str) {
 }
 
 fn respond_with(
-    mut stream: &TcpStream,
+    stream: &TcpStream,
     status: StatusCode,
     body: &str,
     extra: &[(header::HeaderName, &str)],
 ) {
-    let mut builder = Response::builder()
-        .status(status)
-        .header(header::CONTENT_LENGTH, body.len())
-        .header(header::CONNECTION, "close");
+    let mut builder = Response::builder().status(status);
     if !extra.iter().any(|(n, _)| n == header::CONTENT_TYPE) {
         builder = builder.header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
     }
     for (name, value) in extra {
         builder = builder.header(name, *value);
     }
-    let response = builder
-        .body(body)
-        .expect("the headers are static or digits, all valid");
+    send(
+        stream,
+        builder
+            .body(body)
+            .expect("the headers are static or digits, all valid"),
+    );
+}
+
+/// Writes a response, led by its `Content-Length` (none on a `304`, which has no body) and
+/// `Connection: close`, and closes the connection.
+fn send(mut stream: &TcpStream, mut response: Response<&str>) {
+    let mut headers = HeaderMap::with_capacity(response.headers().len() + 2);
+    if response.status() != StatusCode::NOT_MODIFIED {
+        headers.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(response.body().len()),
+        );
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.extend(std::mem::take(response.headers_mut()));
+    *response.headers_mut() = headers;
     let bytes = serialize(&response);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     if stream.write_all(&bytes).is_ok() {

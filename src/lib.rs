@@ -32,9 +32,10 @@
 //!   connection registry, and the guards that give a connection's resources back.
 //! - `net`: socket options, thread stacks, the open-files limit, the lingering close.
 //! - `tcp`: line-protocol connections.
-//! - `http`: the HTTP listener: `/subscribe/websocket`, `/ping`, `/metrics`; and [`serve`]
-//!   for embedding.
+//! - `http`: the HTTP listener: `/subscribe/websocket`, `/ping`, `/metrics`, the console;
+//!   and [`serve`] for embedding.
 //! - `pending`: the HTTP request heads being read, bounded in total and per address.
+//! - `console`: the page at `/` that watches messages live in a browser (static files).
 //! - `ws`: WebSocket admission and sessions.
 //! - `auth`: the token store trait, its stores, and the token rules ([`Tokens`]).
 //! - `brake`: the per-address budget of failed attempts, and summarised logging (pure core).
@@ -56,6 +57,7 @@ mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+mod console;
 mod context;
 mod fanout;
 mod message;

@@ -1,12 +1,14 @@
 //! The integration tests: real servers on 127.0.0.1:0, real sockets, exact wire bytes.
 //! Every read has a timeout; `ping`/`pong` is the only barrier.
 
+mod cdp;
 mod pgsupport;
 mod support;
 
 mod bench;
 mod cli;
 mod config;
+mod console;
 mod hostile;
 mod http_limits;
 mod matching;
