@@ -120,7 +120,12 @@ impl Session {
                 return;
             }
         }
-        // A last line without `\n` still counts (`printf 'ping' | nc ...`).
+        // A last line without `\n` still counts (`printf 'ping' | nc ...`), when the client
+        // ended it. When shutdown closed the socket, the rest is a line cut off mid-way: it
+        // must not run (a half `publish` would deliver half a message).
+        if self.ctx.shutting_down() {
+            return;
+        }
         match lines.take_rest() {
             Some(Event::Line(rest)) => {
                 let rest = rest.to_vec();
