@@ -106,7 +106,10 @@ impl Chromium {
             // Its own process group, so that Drop ends the browser and every helper process.
             .process_group(0)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start Chromium ({}): {e}", bin.display()));
+            .unwrap_or_else(|e| {
+                let _ = std::fs::remove_dir_all(&profile);
+                panic!("cannot start Chromium ({}): {e}", bin.display())
+            });
         let mut process = Process {
             child,
             profile,
