@@ -369,3 +369,10 @@ if os.path.exists(wa_comm) and os.path.getsize(wa_comm) > 0:
 notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-notes.md")
 if os.path.exists(notes):
     p(open(notes).read().rstrip())
+
+cluster = os.path.join(OUT, "cluster.md")
+if os.path.exists(cluster) and os.path.getsize(cluster) > 0:
+    p()
+    p("<!-- cluster:begin -->")
+    p(open(cluster).read().rstrip())
+    p("<!-- cluster:end -->")

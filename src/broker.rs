@@ -20,11 +20,12 @@
 
 use crate::metrics::{self, Metrics};
 use crate::outbound::Outbound;
+use crate::relay::Relay;
 use crate::tags::TagSet;
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Identifies a client connection for the lifetime of the server.
 pub type ClientId = u64;
@@ -74,6 +75,9 @@ struct Shared {
     next_id: AtomicU64,
     max_subscriptions: usize,
     metrics: Arc<Metrics>,
+    /// Where local publishes and token changes go to reach other nodes; set once, when the
+    /// node joins a cluster.
+    relay: OnceLock<Arc<dyn Relay>>,
 }
 
 struct Entry<S> {
@@ -116,6 +120,7 @@ impl Broker {
                 next_id: AtomicU64::new(1),
                 max_subscriptions,
                 metrics,
+                relay: OnceLock::new(),
             }),
         }
     }
@@ -128,6 +133,16 @@ impl Broker {
     /// The server's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
+    }
+
+    /// Hands local publishes and token changes to `relay` from now on (once per broker).
+    pub fn set_relay(&self, relay: Arc<dyn Relay>) {
+        let _ = self.shared.relay.set(relay);
+    }
+
+    /// Where local publishes and token changes go to reach other nodes, if anywhere.
+    pub fn relay(&self) -> Option<&Arc<dyn Relay>> {
+        self.shared.relay.get()
     }
 
     /// Adds a subscription. Subscribing to a set the client already holds does nothing.

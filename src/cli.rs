@@ -266,6 +266,11 @@ pub struct Bench {
     #[argh(option)]
     pub addr: Option<String>,
 
+    /// publishers connect here instead of --addr: another node of the same cluster, so every
+    /// message crosses the bus (default: --addr), e.g. --pub-addr 127.0.0.1:7500
+    #[argh(option)]
+    pub pub_addr: Option<String>,
+
     /// the server's HTTP/WebSocket address, for --transport ws and the connect scenario
     /// (default: the global --http-addr, else 127.0.0.1:8080), e.g. --http-addr 127.0.0.1:7401
     #[argh(option)]

@@ -40,6 +40,8 @@ pub struct Config {
     pub auth_store: AuthStore,
     pub pg: PgConfig,
     pub cluster: Cluster,
+    /// This node's name in logs and metrics; `None`: the host name and the TCP port.
+    pub node_name: Option<String>,
     pub multicast_interface: Option<String>,
     pub admin_token: Option<String>,
     pub client_queue: usize,
@@ -73,6 +75,7 @@ impl Default for Config {
                 address: "127.0.0.1:5432".into(),
             },
             cluster: Cluster::None,
+            node_name: None,
             multicast_interface: None,
             admin_token: None,
             client_queue: 16384,
@@ -163,7 +166,26 @@ impl Config {
             cfg.apply(key, value).map_err(err)?;
             seen.push((key.to_string(), line_no));
         }
+        cfg.check().map_err(|reason| ConfigError::File {
+            file: file.to_string(),
+            reason,
+        })?;
         Ok(cfg)
+    }
+
+    /// Checks the rules that span several keys.
+    ///
+    /// # Errors
+    /// The reason, naming the keys.
+    pub fn check(&self) -> Result<(), String> {
+        if self.cluster == Cluster::Postgres && self.auth_store != AuthStore::Postgres {
+            // Every node must see the same tokens: a token registered on one node must work
+            // on the others, and removing it must revoke it everywhere.
+            return Err("cluster postgres requires auth_store postgres \
+                        (tokens kept in memory would differ from node to node)"
+                .into());
+        }
+        Ok(())
     }
 
     /// Applies the command-line overrides.
@@ -211,6 +233,7 @@ impl Config {
                     _ => return Err(format!("'{value}' is not one of none, postgres")),
                 }
             }
+            "node_name" => self.node_name = Some(node_name(value)?),
             "multicast_interface" => self.multicast_interface = Some(single_word(value)?),
             "admin_token" => {
                 crate::tags::validate_token(value.as_bytes()).map_err(|e| e.to_string())?;
@@ -241,6 +264,40 @@ fn number(value: &str, min: usize, max: usize) -> Result<usize, String> {
         return Err(format!("{n} is out of range ({min}..={max})"));
     }
     Ok(n)
+}
+
+/// The longest `node_name`: it must fit, with a prefix, in PostgreSQL's 63-byte
+/// `application_name`.
+pub const MAX_NODE_NAME: usize = 40;
+
+/// A node name: printable ASCII without spaces, quotes or backslashes (it goes into log lines,
+/// metric labels and PostgreSQL's `application_name` as it is).
+fn node_name(value: &str) -> Result<String, String> {
+    let ok = value
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'\''));
+    if !ok || value.len() > MAX_NODE_NAME {
+        return Err(format!(
+            "'{value}' is not a node name (1 to {MAX_NODE_NAME} printable ASCII characters, \
+             no spaces, quotes or backslashes)"
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// The default node name, `HOST:PORT`: the host name (reduced to the characters a node name
+/// may hold) and the TCP listener's port.
+pub fn default_node_name(host: &str, tcp_port: u16) -> String {
+    let mut host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '\''))
+        .collect();
+    if host.is_empty() {
+        host.push_str("localhost");
+    }
+    let port = format!(":{tcp_port}");
+    host.truncate(MAX_NODE_NAME - port.len());
+    host + &port
 }
 
 fn single_word(value: &str) -> Result<String, String> {
@@ -364,7 +421,8 @@ mod tests {
                     pg_password two words\n\
                     pg_database tokens\n\
                     pg_address db.example:5433\n\
-                    cluster none\n\
+                    cluster postgres\n\
+                    node_name web01\n\
                     multicast_interface eth0\n\
                     admin_token s3cret\n\
                     client_queue 10\n\
@@ -386,7 +444,8 @@ mod tests {
         assert_eq!(c.pg.password.as_deref(), Some("two words"));
         assert_eq!(c.pg.database, "tokens");
         assert_eq!(c.pg.address, "db.example:5433");
-        assert_eq!(c.cluster, Cluster::None);
+        assert_eq!(c.cluster, Cluster::Postgres);
+        assert_eq!(c.node_name.as_deref(), Some("web01"));
         assert_eq!(c.multicast_interface.as_deref(), Some("eth0"));
         assert_eq!(c.admin_token.as_deref(), Some("s3cret"));
         assert_eq!(
@@ -572,6 +631,47 @@ mod tests {
             })
             .unwrap_err();
         assert!(e.to_string().starts_with("--log-level: "));
+    }
+
+    #[test]
+    fn cluster_postgres_needs_the_postgres_token_store() {
+        let e = parse("cluster postgres\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "test.conf: cluster postgres requires auth_store postgres \
+             (tokens kept in memory would differ from node to node)"
+        );
+        let e = parse("auth_store memory\ncluster postgres\n").unwrap_err();
+        assert!(e.to_string().contains("auth_store postgres"), "{e}");
+        let c = parse("cluster postgres\nauth_store postgres\n").unwrap();
+        assert_eq!(
+            (c.cluster, c.auth_store),
+            (Cluster::Postgres, AuthStore::Postgres)
+        );
+        assert_eq!(c.check(), Ok(()));
+    }
+
+    #[test]
+    fn node_names() {
+        assert_eq!(Config::default().node_name, None);
+        for ok in ["web01:1445", "a", "node-3.eu_west", "[::1]:1445"] {
+            let c = parse(&format!("node_name {ok}\n")).unwrap();
+            assert_eq!(c.node_name.as_deref(), Some(ok));
+        }
+        let long = "n".repeat(MAX_NODE_NAME + 1);
+        for bad in ["two words", "quo\"te", "back\\slash", "é", long.as_str()] {
+            let e = parse(&format!("node_name {bad}\n")).unwrap_err();
+            assert!(
+                e.to_string().starts_with("test.conf:1: node_name: '"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(default_node_name("web01", 1445), "web01:1445");
+        assert_eq!(default_node_name("", 1), "localhost:1");
+        assert_eq!(default_node_name("we b\"01", 2), "web01:2");
+        let long = default_node_name(&"h".repeat(100), 65535);
+        assert_eq!(long.len(), MAX_NODE_NAME);
+        assert!(long.ends_with("h:65535"));
     }
 
     #[test]

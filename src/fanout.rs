@@ -30,6 +30,8 @@ struct Cached {
 /// Messages waiting to be delivered, in publish order.
 pub struct Fanout {
     broker: Broker,
+    /// The messages were published on this node (not received from another over the bus).
+    local: bool,
     batch: BatchBuilder,
     runs: Vec<Run>,
     cache: Option<Cached>,
@@ -41,10 +43,22 @@ impl Fanout {
     pub fn new(broker: Broker) -> Fanout {
         Fanout {
             broker,
+            local: true,
             batch: BatchBuilder::default(),
             runs: Vec::new(),
             cache: None,
             touched: Vec::new(),
+        }
+    }
+
+    /// An empty batch for messages received from other nodes: they are not relayed back to
+    /// the bus, and delivering them never waits for a subscriber (no pacing: the bus's
+    /// listener must keep reading, and a subscriber that falls behind loses the newer
+    /// messages, as the protocol says).
+    pub fn from_bus(broker: Broker) -> Fanout {
+        Fanout {
+            local: false,
+            ..Fanout::new(broker)
         }
     }
 
@@ -74,10 +88,16 @@ impl Fanout {
             return;
         }
         let batch = self.batch.build();
-        metrics::add(
-            &self.broker.metrics().messages_published,
-            batch.len() as u64,
-        );
+        if self.local {
+            metrics::add(
+                &self.broker.metrics().messages_published,
+                batch.len() as u64,
+            );
+            // Other nodes first: the bus's sender works on it while this thread delivers.
+            if let Some(relay) = self.broker.relay() {
+                relay.publish(&batch);
+            }
+        }
         {
             let index = self.broker.read();
             for run in &self.runs {
@@ -106,6 +126,9 @@ impl Fanout {
         }
         // Keep only the subscribers that are behind after their flush: the ones to pace.
         self.touched.retain(|out| out.flush());
+        if !self.local {
+            self.touched.clear();
+        }
         // Subscribers that keep up but are behind get a moment to catch up (bounded, and never
         // for slow ones): publishers go at the speed deliveries are made, instead of losing
         // messages a healthy subscriber would have taken a millisecond later.

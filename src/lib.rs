@@ -42,6 +42,8 @@
 //! - `metrics`: counters and their Prometheus form.
 //! - `report`: an error and its causes on one line.
 //! - `server`: the listeners, their accept loops, and shutdown.
+//! - `cluster`: several nodes as one (`cluster postgres`): the bus between them.
+//! - `relay`: the hook through which publishes and token changes reach the bus.
 //! - [`client`]: the command-line client (`mist publish ...`).
 //! - [`cli`]: command-line arguments.
 //!
@@ -49,13 +51,15 @@
 //! signals) and `bench` (`mist bench`, the load generator).
 //!
 //! Dependencies run one way: `server` → the listeners (`tcp`, `http`) → `ws` → `context`,
-//! `net`; nothing imports a module that imports it back.
+//! `net`; `server` → `cluster` → `context`; nothing imports a module that imports it back (the
+//! broker and the token rules reach the bus through `relay`).
 
 mod auth;
 mod brake;
 mod broker;
 pub mod cli;
 pub mod client;
+mod cluster;
 pub mod config;
 mod console;
 mod context;
@@ -66,6 +70,7 @@ mod net;
 mod outbound;
 mod pacing;
 mod pending;
+mod relay;
 mod report;
 mod server;
 mod tcp;
@@ -97,6 +102,7 @@ mod wsjson;
 pub use auth::memory::MemoryStore;
 pub use auth::postgres::{OpenError, PgError, PgStore};
 pub use auth::{StoreError, TokenStore, Tokens};
+pub use cluster::BusError;
 pub use config::Config;
 pub use context::{Context, PublishError};
 pub use http::{MAX_HEAD, MAX_HEADERS, serve};

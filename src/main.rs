@@ -6,7 +6,7 @@ mod bench;
 mod process;
 
 use mist::cli::{Args, Bench, Command};
-use mist::config::{AuthStore, Cluster, Config, Overrides};
+use mist::config::{AuthStore, Config, Overrides};
 use mist::{ErrorChain, MemoryStore, PgStore, Server, TokenStore};
 use process::StopSignals;
 use std::process::ExitCode;
@@ -84,10 +84,6 @@ fn serve(args: &Args) -> ExitCode {
         log::warn!(
             "multicast_interface is ignored: nodes share publishes through `cluster postgres`"
         );
-    }
-    if config.cluster == Cluster::Postgres {
-        log::error!("cluster postgres is not available in this version of mist");
-        return ExitCode::from(2);
     }
     let store: Box<dyn TokenStore> = match config.auth_store {
         AuthStore::Memory => Box::new(MemoryStore::new()),

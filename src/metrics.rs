@@ -3,7 +3,8 @@
 //! Nothing here takes a lock: the publish path adds to counters once per batch of messages.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 /// All counters and gauges of one server: `/metrics` shows them ([`Metrics::render`]). Read
 /// one with `load(Ordering::Relaxed)`; counters only grow, gauges say how many now.
@@ -49,6 +50,10 @@ pub struct Metrics {
     pub pacing_waits: AtomicU64,
     /// Such waits that reached their deadline with the subscriber still behind.
     pub pacing_gave_up: AtomicU64,
+    /// This node's name (`node_name`), once the server has started.
+    pub(crate) node_name: OnceLock<String>,
+    /// The cluster bus's counters, when the node is part of a cluster.
+    pub(crate) bus: OnceLock<Arc<BusMetrics>>,
 }
 
 /// Adds to a counter.
@@ -186,7 +191,158 @@ impl Metrics {
             "Error replies sent to clients.",
             &[("", g(&self.errors_sent))],
         );
+        if let Some(node) = self.node_name.get() {
+            let cluster = self.bus.get().map_or("none", |b| b.engine);
+            metric(
+                "mist_node_info",
+                "gauge",
+                "This node: its node_name, and how it shares publishes with other nodes.",
+                &[(&format!("{{node=\"{node}\",cluster=\"{cluster}\"}}"), 1)],
+            );
+        }
+        if let Some(bus) = self.bus.get() {
+            bus.render(&mut out);
+        }
         out
+    }
+}
+
+/// The bus's counters and gauges, shown in `/metrics`.
+#[derive(Debug, Default)]
+pub struct BusMetrics {
+    pub node: String,
+    pub engine: &'static str,
+    /// 1 while the sending connection is up.
+    pub send_up: AtomicU64,
+    /// 1 while the listening connection is up.
+    pub listen_up: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub payloads_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub units_sent: AtomicU64,
+    /// Bus copies of local messages that never left: queue full, or the bus down.
+    pub messages_dropped: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub payloads_received: AtomicU64,
+    /// Payloads of other nodes that never arrived.
+    pub payloads_missed: AtomicU64,
+    pub bad_records: AtomicU64,
+    pub token_changes_sent: AtomicU64,
+    pub token_changes_received: AtomicU64,
+    /// Times the listening connection was lost.
+    pub listen_lost: AtomicU64,
+    /// Times the sending connection was lost.
+    pub send_lost: AtomicU64,
+    /// Bytes waiting for the sender thread.
+    pub queued_bytes: AtomicUsize,
+    /// The engine's queue usage (0 to 1), as `f64` bits.
+    pub queue_usage: AtomicU64,
+}
+
+impl BusMetrics {
+    /// Appends the bus's series to a Prometheus text exposition.
+    pub fn render(&self, out: &mut String) {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        let node = &self.node;
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{{node=\"{node}\"{labels}}} {v}");
+            }
+        };
+        let one = |v: u64| [("", v.to_string())];
+        metric(
+            "mist_bus_up",
+            "gauge",
+            "1 while the bus connection is up, per direction.",
+            &[
+                (",link=\"send\"", g(&self.send_up).to_string()),
+                (",link=\"listen\"", g(&self.listen_up).to_string()),
+            ],
+        );
+        let counters: [(&str, &str, &AtomicU64); 13] = [
+            (
+                "mist_bus_messages_sent_total",
+                "Messages published here and sent to the other nodes.",
+                &self.messages_sent,
+            ),
+            (
+                "mist_bus_messages_dropped_total",
+                "Messages published here that did not go to the other nodes (bus queue full or bus down).",
+                &self.messages_dropped,
+            ),
+            (
+                "mist_bus_messages_received_total",
+                "Messages received from the other nodes.",
+                &self.messages_received,
+            ),
+            (
+                "mist_bus_payloads_sent_total",
+                "Payloads (NOTIFYs) sent.",
+                &self.payloads_sent,
+            ),
+            (
+                "mist_bus_payload_bytes_sent_total",
+                "Bytes of payloads sent.",
+                &self.bytes_sent,
+            ),
+            (
+                "mist_bus_units_sent_total",
+                "Units (transactions) sent.",
+                &self.units_sent,
+            ),
+            (
+                "mist_bus_payloads_received_total",
+                "Payloads received from the other nodes.",
+                &self.payloads_received,
+            ),
+            (
+                "mist_bus_payloads_missed_total",
+                "Payloads of other nodes that never arrived (this node was cut off, or their send failed).",
+                &self.payloads_missed,
+            ),
+            (
+                "mist_bus_bad_records_total",
+                "Records received that could not be read or break this node's limits.",
+                &self.bad_records,
+            ),
+            (
+                "mist_bus_token_changes_sent_total",
+                "Token changes sent to the other nodes.",
+                &self.token_changes_sent,
+            ),
+            (
+                "mist_bus_token_changes_received_total",
+                "Token changes received from the other nodes.",
+                &self.token_changes_received,
+            ),
+            (
+                "mist_bus_listen_lost_total",
+                "Times the listening connection was lost.",
+                &self.listen_lost,
+            ),
+            (
+                "mist_bus_send_lost_total",
+                "Times the sending connection was lost.",
+                &self.send_lost,
+            ),
+        ];
+        for (name, help, c) in counters {
+            metric(name, "counter", help, &one(g(c)));
+        }
+        metric(
+            "mist_bus_queued_bytes",
+            "gauge",
+            "Bytes of messages waiting to be sent to the other nodes.",
+            &[("", self.queued_bytes.load(Relaxed).to_string())],
+        );
+        metric(
+            "mist_bus_queue_usage",
+            "gauge",
+            "How full the bus engine's queue is, 0 to 1: pg_notification_queue_usage() for PostgreSQL.",
+            &[("", f64::from_bits(g(&self.queue_usage)).to_string())],
+        );
     }
 }
 
@@ -204,5 +360,19 @@ mod tests {
         assert!(text.contains("# TYPE mist_deliveries_total counter\nmist_deliveries_total 5\n"));
         assert!(text.contains("mist_connections{transport=\"tcp\"} 1\n"));
         assert!(text.contains("mist_connections{transport=\"websocket\"} 0\n"));
+    }
+
+    #[test]
+    fn bus_metrics_carry_the_node() {
+        let m = BusMetrics {
+            node: "web01:1445".into(),
+            ..BusMetrics::default()
+        };
+        add(&m.messages_sent, 3);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("mist_bus_messages_sent_total{node=\"web01:1445\"} 3\n"));
+        assert!(out.contains("mist_bus_up{node=\"web01:1445\",link=\"listen\"} 0\n"));
+        assert!(out.contains("mist_bus_queue_usage{node=\"web01:1445\"} 0\n"));
     }
 }

@@ -1,7 +1,9 @@
 //! The server: its two listeners, their accept loops, and shutdown.
 
 use crate::auth::TokenStore;
-use crate::config::Config;
+use crate::cluster::postgres::PgEngine;
+use crate::cluster::{Bus, BusError};
+use crate::config::{Cluster, Config, default_node_name};
 use crate::context::Context;
 use crate::metrics;
 use crate::net;
@@ -31,6 +33,10 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot join the cluster")]
+    Cluster(#[source] BusError),
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -39,6 +45,8 @@ pub struct Server {
     tcp_addr: SocketAddr,
     http_addr: SocketAddr,
     acceptors: Vec<JoinHandle<()>>,
+    /// The node's place in its cluster, with `cluster postgres`.
+    bus: Option<Bus>,
 }
 
 impl Server {
@@ -46,8 +54,10 @@ impl Server {
     ///
     /// # Errors
     /// A listener cannot be bound, or its accept thread cannot be started (the other one is
-    /// stopped then).
+    /// stopped then); the config breaks a rule that spans keys; the cluster's bus cannot be
+    /// reached.
     pub fn start(config: Config, store: Box<dyn TokenStore>) -> Result<Server, StartError> {
+        config.check().map_err(StartError::Config)?;
         net::raise_fd_limit();
         let somaxconn = somaxconn();
         let backlog = listen_backlog(config.max_connections, somaxconn);
@@ -58,11 +68,31 @@ impl Server {
         );
         let (tcp, tcp_addr) = bind(&config.tcp_listen_address, backlog)?;
         let (http, http_addr) = bind(&config.http_listen_address, backlog)?;
+        let node = config
+            .node_name
+            .clone()
+            .unwrap_or_else(|| default_node_name(&host_name(), tcp_addr.port()));
+        let ctx = Context::new(config, store);
+        let _ = ctx.metrics.node_name.set(node.clone());
+        // Joined before the listeners accept anyone, so no client ever sees a node that is
+        // not yet part of its cluster.
+        let bus = match ctx.config.cluster {
+            Cluster::None => None,
+            Cluster::Postgres => {
+                let engine = PgEngine::new(&ctx.config.pg).map_err(StartError::Cluster)?;
+                Some(
+                    Bus::start(Box::new(engine), "postgres", &node, &ctx)
+                        .map_err(StartError::Cluster)?,
+                )
+            }
+        };
+        log::info!("node {node}");
         let mut server = Server {
-            ctx: Context::new(config, store),
+            ctx,
             tcp_addr,
             http_addr,
             acceptors: Vec::new(),
+            bus,
         };
         let listeners: [(&'static str, TcpListener, Handler); 2] = [
             ("mist-accept-tcp", tcp, crate::tcp::accept),
@@ -115,6 +145,10 @@ impl Server {
         for handle in self.acceptors.drain(..) {
             let _ = handle.join();
         }
+        // No more deliveries from other nodes.
+        if let Some(bus) = &self.bus {
+            bus.stop();
+        }
         // No connection thread starts any more: every one is in the registry.
         self.ctx.conns.close_all();
         let left = self.ctx.conns.wait_for_threads(SHUTDOWN_GRACE);
@@ -122,6 +156,18 @@ impl Server {
             log::warn!("{left} connection threads still running after {SHUTDOWN_GRACE:?}");
         }
     }
+}
+
+/// This machine's host name, or empty when it has none.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// The address to connect to in order to reach a listener bound to `addr`.

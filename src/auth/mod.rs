@@ -10,6 +10,7 @@ pub mod postgres;
 use crate::broker::{Broker, ClientId};
 use crate::metrics::{self, Metrics};
 use crate::outbound::Outbound;
+use crate::relay::TokenChange;
 use crate::report::ErrorChain;
 use crate::tags::TagSet;
 use crate::{wsframe, wsjson};
@@ -273,8 +274,44 @@ impl Tokens {
     /// # Errors
     /// Unknown token, or the store is unavailable.
     pub fn unregister(&self, token: &str) -> Result<(), StoreError> {
-        let _gate = self.gate.write();
+        let gate = self.gate.write();
         self.store.unregister(token)?;
+        self.close_sessions(token);
+        drop(gate);
+        self.relay(TokenChange::Unregistered(token.as_bytes()));
+        Ok(())
+    }
+
+    /// A token change made on another node of the cluster (the shared store already has it):
+    /// revokes here what it revokes, as the node where it was made did.
+    pub fn apply_remote(&self, change: TokenChange<'_>) {
+        let (TokenChange::Unregistered(token) | TokenChange::Unset(token)) = change;
+        let Ok(token) = std::str::from_utf8(token) else {
+            return;
+        };
+        let _gate = self.gate.write();
+        match change {
+            TokenChange::Unregistered(_) => self.close_sessions(token),
+            TokenChange::Unset(_) => {
+                if let Err(e) = self.revoke_lost_tags(token) {
+                    log::warn!(
+                        "cannot apply a token change made on another node: {}",
+                        ErrorChain(&e)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Tells the other nodes of the cluster, if any.
+    fn relay(&self, change: TokenChange<'_>) {
+        if let Some(relay) = self.broker.relay() {
+            relay.token_changed(change);
+        }
+    }
+
+    /// Closes the token's WebSockets with code 1008, taking them out of the index first.
+    fn close_sessions(&self, token: &str) {
         let clients = self.sessions.lock().remove(token).unwrap_or_default();
         for c in clients {
             // Out of the index first, so no publisher queues anything more for it.
@@ -284,7 +321,6 @@ impl Tokens {
             metrics::add(&self.metrics.revocations, 1);
             log::info!("{}: token unregistered, WebSocket closed", c.out.peer());
         }
-        Ok(())
     }
 
     /// `unset TAGS TOKEN`: removes tags, then every subscription of the token's WebSockets
@@ -294,8 +330,18 @@ impl Tokens {
     /// # Errors
     /// Unknown token, or the store is unavailable.
     pub fn unset(&self, token: &str, tags: &TagSet) -> Result<(), StoreError> {
-        let _gate = self.gate.write();
+        let gate = self.gate.write();
         self.store.unset(token, tags)?;
+        let revoked = self.revoke_lost_tags(token);
+        drop(gate);
+        // The store has the change whether or not the revocation here could finish.
+        self.relay(TokenChange::Unset(token.as_bytes()));
+        revoked
+    }
+
+    /// Removes every subscription of the token's WebSockets that no longer has an allowed
+    /// tag, each with a notice frame.
+    fn revoke_lost_tags(&self, token: &str) -> Result<(), StoreError> {
         let ids: Vec<ClientId> = match self.sessions.lock().get(token) {
             Some(list) => list.iter().map(|c| c.id).collect(),
             None => return Ok(()),

@@ -43,7 +43,13 @@ pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait to connect, and longest a statement may run.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Nodes of a cluster that start together create the tables at the same moment, and two
+/// concurrent `CREATE TABLE IF NOT EXISTS` of one table can fail with a duplicate key: the
+/// advisory lock (on a constant key, held until the end of the transaction) takes turns.
 const SCHEMA: &str = "
+BEGIN;
+SET LOCAL client_min_messages = warning;
+SELECT pg_advisory_xact_lock(7164501836215660);
 CREATE TABLE IF NOT EXISTS mist_tokens (
     token TEXT PRIMARY KEY
 );
@@ -52,6 +58,7 @@ CREATE TABLE IF NOT EXISTS mist_token_tags (
     tag   TEXT NOT NULL,
     PRIMARY KEY (token, tag)
 );
+COMMIT;
 ";
 
 /// Why the store could not be opened at start-up; the source says why.
@@ -123,6 +130,37 @@ fn unavailable(e: postgres::Error) -> StoreError {
     StoreError::unavailable(PgError::from(e))
 }
 
+/// Connection settings for `cfg`: the address, user, database and password, and the
+/// settings every mist connection shares (timeouts, keepalives, `statement_timeout`).
+///
+/// # Errors
+/// `pg_address` is not `host:port`.
+pub fn client_config(cfg: &PgConfig, application_name: &str) -> Result<postgres::Config, PgError> {
+    let (host, port) = cfg
+        .address
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(|c| c == '[' || c == ']'), p.parse().ok()?)))
+        .ok_or(PgError::Address)?;
+    let mut config = postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .user(&cfg.user)
+        .dbname(&cfg.database)
+        .application_name(application_name)
+        .connect_timeout(STATEMENT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .options(&format!(
+            "-c statement_timeout={}",
+            STATEMENT_TIMEOUT.as_millis()
+        ));
+    if let Some(pw) = &cfg.password {
+        config.password(pw);
+    }
+    Ok(config)
+}
+
 impl PgStore {
     /// Connects, creates the tables if they do not exist, and keeps that connection in the
     /// pool.
@@ -136,28 +174,7 @@ impl PgStore {
             user: cfg.user.clone(),
             source,
         };
-        let (host, port) = cfg
-            .address
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.trim_matches(|c| c == '[' || c == ']'), p.parse().ok()?)))
-            .ok_or_else(|| open_error(PgError::Address))?;
-        let mut config = postgres::Config::new();
-        config
-            .host(host)
-            .port(port)
-            .user(&cfg.user)
-            .dbname(&cfg.database)
-            .application_name("mist")
-            .connect_timeout(STATEMENT_TIMEOUT)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30))
-            .options(&format!(
-                "-c statement_timeout={}",
-                STATEMENT_TIMEOUT.as_millis()
-            ));
-        if let Some(pw) = &cfg.password {
-            config.password(pw);
-        }
+        let config = client_config(cfg, "mist").map_err(open_error)?;
         let mut client = config.connect(NoTls).map_err(|e| open_error(e.into()))?;
         client
             .batch_execute(SCHEMA)

@@ -137,6 +137,8 @@ pub struct Options {
     pub scenario: Scenario,
     pub transport: Transport,
     pub tcp_addr: String,
+    /// Where publishers connect, when not `tcp_addr` (another node of a cluster).
+    pub pub_addr: Option<String>,
     pub http_addr: String,
     pub subs: usize,
     pub pubs: usize,
@@ -199,6 +201,7 @@ impl Options {
                 .addr
                 .or(g.tcp_addr)
                 .unwrap_or_else(|| "127.0.0.1:1445".into()),
+            pub_addr: b.pub_addr,
             http_addr: b
                 .http_addr
                 .or(g.http_addr)

@@ -196,6 +196,7 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
             sub_tags: o.sub_tags.clone(),
             noise_subs: o.noise_subs,
             noise_conns: if o.noise_subs > 0 { o.noise_conns } else { 0 },
+            pub_addr: o.pub_addr.clone(),
             sub_threads: o.sub_threads.min(o.subs),
         },
         published,
@@ -467,7 +468,8 @@ fn open_subscriber(
 }
 
 fn open_publisher(o: &Options, deadline: Deadline) -> io::Result<TcpStream> {
-    let mut stream = net::connect(&o.tcp_addr, deadline)?;
+    let addr = o.pub_addr.as_deref().unwrap_or(&o.tcp_addr);
+    let mut stream = net::connect(addr, deadline)?;
     stream.write_all(b"ping\n")?;
     let errors = net::await_pong(&stream, &mut Vec::new(), deadline)?;
     if let Some(e) = errors.first() {

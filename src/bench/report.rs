@@ -176,6 +176,8 @@ pub struct Params {
     pub noise_subs: usize,
     pub noise_conns: usize,
     pub sub_threads: usize,
+    /// Where publishers connected, when not where subscribers did (`--pub-addr`).
+    pub pub_addr: Option<String>,
 }
 
 /// The outcome of a publish/subscribe run.
@@ -238,6 +240,7 @@ impl PubSub {
         put("noise_subs", json!(p.noise_subs));
         put("noise_conns", json!(p.noise_conns));
         put("sub_threads", json!(p.sub_threads));
+        put("pub_addr", json!(p.pub_addr));
         put("published", json!(self.published));
         put("publish_secs", json!(round(self.publish_secs, 4)));
         put(
@@ -288,6 +291,9 @@ impl PubSub {
             group(p.msgs),
             p.size,
         );
+        if let Some(addr) = &p.pub_addr {
+            let _ = write!(title, ", publishers on {addr}");
+        }
         if p.noise_subs > 0 {
             let _ = write!(
                 title,
