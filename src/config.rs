@@ -81,7 +81,7 @@ impl Default for Config {
             client_queue: 16384,
             client_queue_bytes: 64 << 20,
             max_line_bytes: 1 << 20,
-            max_tags: 32,
+            max_tags: crate::tags::DEFAULT_MAX_TAGS,
             max_connections: 10_000,
             max_subscriptions: 10_000,
             ws_ping_interval: 30,

@@ -13,6 +13,9 @@
 //! (`examples/embed.rs`), publishing with [`Context::publish`]. Tokens live in a
 //! [`TokenStore`]: [`MemoryStore`], [`PgStore`], or the program's own.
 //!
+//! A program that talks to a mist server over the line protocol uses [`Client`] (see
+//! [`client`]).
+//!
 //! # Layout
 //!
 //! The modules are private; what a program uses is re-exported above.
@@ -44,11 +47,13 @@
 //! - `server`: the listeners, their accept loops, and shutdown.
 //! - `cluster`: several nodes as one (`cluster postgres`): the bus between them.
 //! - `relay`: the hook through which publishes and token changes reach the bus.
-//! - [`client`]: the command-line client (`mist publish ...`).
+//! - [`client`]: [`Client`], the blocking client of the line protocol that programs (and
+//!   `mist publish ...`) use.
 //! - [`cli`]: command-line arguments.
 //!
 //! The `mist` binary (`src/main.rs`) has modules of its own: `process` (log, panics, malloc,
-//! signals) and `bench` (`mist bench`, the load generator).
+//! signals), `commands` (the client commands, on [`Client`]) and `bench` (`mist bench`, the
+//! load generator).
 //!
 //! Dependencies run one way: `server` → the listeners (`tcp`, `http`) → `ws` → `context`,
 //! `net`; `server` → `cluster` → `context`; nothing imports a module that imports it back (the
@@ -102,6 +107,9 @@ mod wsjson;
 pub use auth::memory::MemoryStore;
 pub use auth::postgres::{OpenError, PgError, PgStore};
 pub use auth::{StoreError, TokenStore, Tokens};
+pub use client::Client;
+#[doc(hidden)]
+pub use client::{doc_config, doc_server, doc_server_with};
 pub use cluster::BusError;
 pub use config::Config;
 pub use context::{Context, PublishError};

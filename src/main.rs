@@ -3,6 +3,7 @@
 //! process's set-up around the server (log, panics, malloc, signals) is in [`process`].
 
 mod bench;
+mod commands;
 mod process;
 
 use mist::cli::{Args, Bench, Command};
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
         cmd => cmd,
     };
     let addr = args.tcp_addr.as_deref().unwrap_or("127.0.0.1:1445");
-    match mist::client::run(addr, admin_token.as_deref(), cmd) {
+    match commands::run(addr, admin_token.as_deref(), cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mist: {e}");

@@ -10,6 +10,8 @@ use std::fmt;
 pub const MAX_TAG_BYTES: usize = 255;
 /// Longest token, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 255;
+/// Most distinct tags in one tag list, unless a server's `max_tags` says otherwise.
+pub const DEFAULT_MAX_TAGS: usize = 32;
 
 /// Why a tag list or token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,8 +96,13 @@ impl TagSet {
     /// # Errors
     /// An empty list, an invalid tag, or more than `max_tags` distinct tags.
     pub fn parse(list: &[u8], max_tags: usize) -> Result<TagSet, TagError> {
-        if list.is_empty() {
-            return Err(TagError::EmptyList);
+        // Most lists arrive in their wire form already (every delivery's tags do): then
+        // checking is all there is to do.
+        if check_list(list, max_tags)? {
+            let joined = std::str::from_utf8(list).map_err(|_| TagError::NotUtf8)?;
+            return Ok(TagSet {
+                joined: joined.into(),
+            });
         }
         let mut tags: Vec<&str> = Vec::new();
         for tag in list.split(|&b| b == b',') {
@@ -169,6 +176,15 @@ impl TagSet {
     /// True when `tag` is one of the set's tags.
     pub fn contains(&self, tag: &str) -> bool {
         self.iter().any(|t| t == tag)
+    }
+}
+
+/// `"b,a".parse::<TagSet>()`: [`TagSet::parse`] with at most [`DEFAULT_MAX_TAGS`] tags.
+impl std::str::FromStr for TagSet {
+    type Err = TagError;
+
+    fn from_str(list: &str) -> Result<TagSet, TagError> {
+        TagSet::parse(list.as_bytes(), DEFAULT_MAX_TAGS)
     }
 }
 

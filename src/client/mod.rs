@@ -1,0 +1,1016 @@
+//! A blocking client for mist's line protocol: [`Client`].
+//!
+//! ```
+//! use mist::client::{Client, Event};
+//!
+//! # let server = mist::doc_server();
+//! # let addr = server.tcp_addr();
+//! let client = Client::connect(addr)?;
+//! client.subscribe("alerts")?;
+//! client.publish("alerts,disk", b"disk 91% full")?;
+//! client.ping()?; // sends what is buffered, and waits until the server has applied it
+//! if let Event::Message(m) = client.recv()? {
+//!     assert_eq!(m.data, b"disk 91% full");
+//! }
+//! # Ok::<(), mist::client::Error>(())
+//! ```
+//!
+//! # How it works
+//!
+//! A connection has one reader thread, the only reader of the socket. It puts deliveries and
+//! slow-consumer notices into a bounded queue that [`Client::recv`] takes from, and hands each
+//! reply to the command waiting for it. Commands are written under a lock that is held only
+//! while writing, so one thread can publish while another blocks in `recv` and a third asks
+//! for [`Client::list`]. [`Client`] is a cheap handle: clone it to give each thread its own.
+//!
+//! Publishes are buffered and not answered; every other command waits for its reply.
+//! See `examples/follow.rs` for following a tag stream across reconnections, and
+//! `examples/pipe.rs` for publishing lines from stdin.
+//!
+//! # Layout
+//!
+//! - [`error`](Error): [`Error`], and the server's refusals as [`ServerError`].
+//! - `event`: [`Event`], [`Message`].
+//! - `wire`: the protocol's lines from the client's side (pure).
+//! - `replies`: matching replies to the commands that wait for them (pure).
+//! - `inbox`: the bounded queue of received events.
+//! - `reader`: the reader thread.
+
+mod error;
+mod event;
+mod inbox;
+mod reader;
+mod replies;
+mod wire;
+
+pub use error::{DataError, Error, ServerError, ServerErrorKind};
+pub use event::{DroppedBy, Event, Message};
+
+use crate::tags::{self, TagError, TagSet};
+use inbox::{Inbox, Limits};
+use parking_lot::Mutex;
+use replies::{Answer, End, Replies, Waiting};
+use std::fmt;
+use std::io::{self, BufWriter, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Lines from the server may be this long even when [`Options::max_line_bytes`] is lower: a
+/// `list` reply for thousands of subscriptions is long, and deliveries are bounded by the
+/// server's own `max_line_bytes`, which this client may not know.
+const MIN_RECEIVE_LINE: usize = 16 << 20;
+
+/// How a [`Client`] connects, and the limits it keeps. `Options::new().connect(addr)` is
+/// [`Client::connect`].
+///
+/// ```
+/// use mist::client::Options;
+/// use std::time::Duration;
+///
+/// # let server = mist::doc_server();
+/// # let addr = server.tcp_addr();
+/// let client = Options::new()
+///     .connect_timeout(Duration::from_secs(1))
+///     .read_timeout(Duration::from_secs(5))
+///     .connect(addr)?;
+/// client.ping()?;
+/// # Ok::<(), mist::client::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    max_tags: usize,
+    max_line_bytes: usize,
+    recv_msgs: usize,
+    recv_bytes: usize,
+    write_buffer: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_tags: tags::DEFAULT_MAX_TAGS,
+            max_line_bytes: crate::Config::default().max_line_bytes,
+            recv_msgs: 65_536,
+            recv_bytes: 64 << 20,
+            write_buffer: 64 * 1024,
+        }
+    }
+}
+
+impl Options {
+    /// The defaults: connect timeout 5 s, read and write timeouts 30 s, the server's default
+    /// limits (32 tags, lines of 1 MiB), a receive buffer of 65,536 messages or 64 MiB, and a
+    /// write buffer of 64 KiB.
+    pub fn new() -> Options {
+        Options::default()
+    }
+
+    /// How long connecting to one address may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Options {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a command waits for the server's reply before it fails with
+    /// [`Error::Timeout`]. Receiving messages has no timeout of its own: see
+    /// [`Client::recv_timeout`].
+    pub fn read_timeout(mut self, timeout: Duration) -> Options {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// How long a write may make no progress (the server not reading) before the connection
+    /// is given up.
+    pub fn write_timeout(mut self, timeout: Duration) -> Options {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// The most distinct tags in a tag list; set it to the server's `max_tags` when that is
+    /// not the default 32.
+    pub fn max_tags(mut self, max: usize) -> Options {
+        self.max_tags = max;
+        self
+    }
+
+    /// The longest line the client sends, `publish TAGS DATA` included; set it to the
+    /// server's `max_line_bytes` when that is not the default 1 MiB.
+    pub fn max_line_bytes(mut self, max: usize) -> Options {
+        self.max_line_bytes = max;
+        self
+    }
+
+    /// How many received messages, and how many bytes of their tags and data, wait for the
+    /// program before newer ones are dropped (and reported as [`Event::Dropped`] by
+    /// [`DroppedBy::Client`]).
+    pub fn recv_buffer(mut self, msgs: usize, bytes: usize) -> Options {
+        self.recv_msgs = msgs.max(1);
+        self.recv_bytes = bytes;
+        self
+    }
+
+    /// How many bytes of commands are buffered before they are written without a
+    /// [`Client::flush`].
+    pub fn write_buffer(mut self, bytes: usize) -> Options {
+        self.write_buffer = bytes;
+        self
+    }
+
+    /// Connects to a mist server's line-protocol port, trying each address `addr` resolves
+    /// to, and checks with a `ping` that it answers.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when no address takes the connection; [`Error::Server`] when the
+    /// server refuses it (at `max_connections`); [`Error::Timeout`] or
+    /// [`Error::Protocol`] when what answers is not a mist server.
+    pub fn connect<A: ToSocketAddrs + fmt::Display>(&self, addr: A) -> Result<Client, Error> {
+        let connect_error = |source| Error::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        for timeout in [self.connect_timeout, self.read_timeout, self.write_timeout] {
+            if timeout.is_zero() {
+                return Err(connect_error(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a timeout of zero",
+                )));
+            }
+        }
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address found");
+        for a in addr.to_socket_addrs().map_err(connect_error)? {
+            match TcpStream::connect_timeout(&a, self.connect_timeout) {
+                Ok(stream) => {
+                    let client = self.start(stream).map_err(connect_error)?;
+                    client.request(&[b"ping\n"], false, |reply| Waiting::Confirm {
+                        reply,
+                        error: None,
+                    })?;
+                    return Ok(client);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(connect_error(last))
+    }
+
+    /// Sets up a connected socket: its options, the reader thread, the write half.
+    fn start(&self, stream: TcpStream) -> io::Result<Client> {
+        // No Nagle delay (commands go out when flushed), keepalive to notice a server that
+        // vanished, and the write timeout: the same options the server gives its sockets.
+        crate::net::configure_socket(&stream, self.write_timeout)?;
+        let sock = Arc::new(stream);
+        let shared = Arc::new(Shared {
+            replies: Mutex::new(Replies::default()),
+            inbox: Inbox::new(Limits {
+                msgs: self.recv_msgs,
+                bytes: self.recv_bytes,
+            }),
+            closing: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+        });
+        let max_receive = self.max_line_bytes.max(MIN_RECEIVE_LINE);
+        let reader = reader::spawn(Arc::clone(&sock), Arc::clone(&shared), max_receive)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(Writer {
+                    out: BufWriter::with_capacity(self.write_buffer, Sock(Arc::clone(&sock))),
+                    unpinged: false,
+                    closed: false,
+                }),
+                sock,
+                shared,
+                options: self.clone(),
+                reader: Mutex::new(Some(reader)),
+            }),
+        })
+    }
+}
+
+/// A tag list a command takes: a comma-separated `str` or `String` (checked on every call),
+/// or a [`TagSet`] (checked once, when it was made).
+///
+/// ```
+/// use mist::{Client, TagSet};
+///
+/// # let server = mist::doc_server();
+/// # let addr = server.tcp_addr();
+/// let client = Client::connect(addr)?;
+/// client.publish("metrics,web01", "cpu 12")?;
+/// let tags: TagSet = "metrics,web01".parse()?;
+/// for i in 0..3 {
+///     client.publish(&tags, format!("cpu {i}"))?;
+/// }
+/// client.ping()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait TagList: private::Sealed {
+    /// The list in a form the server takes, checked against the protocol's rules with at
+    /// most `max_tags` distinct tags.
+    ///
+    /// # Errors
+    /// The first rule the list breaks.
+    fn checked(&self, max_tags: usize) -> Result<&str, TagError>;
+}
+
+impl TagList for str {
+    fn checked(&self, max_tags: usize) -> Result<&str, TagError> {
+        tags::check_list(self.as_bytes(), max_tags)?;
+        Ok(self)
+    }
+}
+
+impl TagList for String {
+    fn checked(&self, max_tags: usize) -> Result<&str, TagError> {
+        self.as_str().checked(max_tags)
+    }
+}
+
+impl TagList for TagSet {
+    fn checked(&self, max_tags: usize) -> Result<&str, TagError> {
+        if self.len() > max_tags {
+            return Err(TagError::TooMany(max_tags));
+        }
+        Ok(self.as_str())
+    }
+}
+
+impl<T: TagList + ?Sized> TagList for &T {
+    fn checked(&self, max_tags: usize) -> Result<&str, TagError> {
+        (**self).checked(max_tags)
+    }
+}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for str {}
+    impl Sealed for String {}
+    impl Sealed for crate::tags::TagSet {}
+    impl<T: Sealed + ?Sized> Sealed for &T {}
+}
+
+/// A connection to a mist server over the line protocol.
+///
+/// Every method takes `&self`, and a `Client` is a cheap handle on the connection: clone it to
+/// give another thread its own (all clones share the one connection, which closes when the
+/// last is dropped). One thread may block in [`recv`](Client::recv) while others publish or
+/// send commands; no lock is held while waiting for the server.
+///
+/// ```
+/// use mist::client::{Client, Event};
+/// use std::thread;
+///
+/// # let server = mist::doc_server();
+/// # let addr = server.tcp_addr();
+/// let client = Client::connect(addr)?;
+/// client.subscribe("jobs")?;
+///
+/// // A thread that receives on the same connection.
+/// let receiver = client.clone();
+/// let worker = thread::spawn(move || {
+///     let mut done = 0;
+///     for event in receiver.events() {
+///         if let Event::Message(_) = event? {
+///             done += 1;
+///             if done == 100 {
+///                 break;
+///             }
+///         }
+///     }
+///     Ok::<_, mist::client::Error>(done)
+/// });
+///
+/// for i in 0..100 {
+///     client.publish("jobs", format!("job {i}"))?;
+/// }
+/// client.flush()?;
+/// assert_eq!(worker.join().unwrap()?, 100);
+/// # Ok::<(), mist::client::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// The connection behind every clone of a [`Client`].
+struct Inner {
+    /// The write half. A mutex: lines of concurrent callers must not interleave, and the order
+    /// of the waiting replies must be the order on the wire. Held while writing, never while
+    /// waiting for a reply.
+    writer: Mutex<Writer>,
+    sock: Arc<TcpStream>,
+    shared: Arc<Shared>,
+    options: Options,
+    /// The reader thread, joined by [`Client::close`].
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the reader thread and the callers share.
+pub(crate) struct Shared {
+    /// Commands waiting for replies. A mutex taken briefly, by writers after their own lock
+    /// (never the other way round) and by the reader thread.
+    replies: Mutex<Replies>,
+    /// Received events.
+    inbox: Inbox,
+    /// The program closed its side: the end of the stream is then expected.
+    closing: AtomicBool,
+    /// The reader thread is done; lets `publish` fail fast without taking a lock.
+    ended: AtomicBool,
+}
+
+impl Shared {
+    /// Ends the connection for everyone: waiting commands, later commands and receivers.
+    fn finish(&self, end: End) {
+        self.replies.lock().end(end.clone());
+        self.ended.store(true, Ordering::Release);
+        self.inbox.end(end);
+    }
+
+    /// Why the connection ended (it has).
+    fn end_error(&self) -> Error {
+        self.replies
+            .lock()
+            .ended()
+            .map_or(Error::Closed, End::error)
+    }
+}
+
+/// The write half of the connection.
+struct Writer {
+    out: BufWriter<Sock>,
+    /// Publishes were written since the last `ping`: another command must send one first,
+    /// so that an `error` for a publish cannot be taken for the command's.
+    unpinged: bool,
+    /// [`Client::close`] was called.
+    closed: bool,
+}
+
+/// The shared socket as a `Write` (`&TcpStream` writes; one descriptor serves both halves).
+struct Sock(Arc<TcpStream>);
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Client {
+    /// Connects with the default [`Options`].
+    ///
+    /// ```
+    /// use mist::Client;
+    ///
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr().to_string();
+    /// let client = Client::connect(addr.as_str())?; // e.g. "127.0.0.1:1445"
+    /// client.ping()?;
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// See [`Options::connect`].
+    pub fn connect<A: ToSocketAddrs + fmt::Display>(addr: A) -> Result<Client, Error> {
+        Options::new().connect(addr)
+    }
+
+    /// Publishes `data` with `tags` to every client subscribed to a subset of them.
+    ///
+    /// The line is buffered: it goes out when the buffer is full, or at [`flush`](Self::flush),
+    /// [`ping`](Self::ping) or any other command. The server does not answer a publish; the
+    /// next `ping` reports the ones it refused (which, with the tags and data checked here,
+    /// happens only when its limits are lower than this client's [`Options`]).
+    ///
+    /// ```
+    /// use mist::client::{Client, DataError, Error};
+    ///
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = Client::connect(addr)?;
+    /// client.publish("logs,web01", "GET / 200")?;
+    /// client.publish("logs,web01", [0xde, 0xad, 0xbe, 0xef])?; // any bytes but a newline
+    /// assert!(matches!(
+    ///     client.publish("logs", "two\nlines"),
+    ///     Err(Error::Data(DataError::Newline))
+    /// ));
+    /// client.flush()?;
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] or [`Error::Data`] when the tags or the data cannot be published
+    /// (nothing is sent); otherwise the connection failed.
+    pub fn publish<T: TagList + ?Sized>(
+        &self,
+        tags: &T,
+        data: impl AsRef<[u8]>,
+    ) -> Result<(), Error> {
+        let data = data.as_ref();
+        let o = &self.inner.options;
+        let tags = tags.checked(o.max_tags)?;
+        wire::check_data(tags.len(), data, o.max_line_bytes)?;
+        let mut w = self.inner.writer.lock();
+        self.usable(&w)?;
+        w.unpinged = true;
+        let out = &mut w.out;
+        let written = out
+            .write_all(b"publish ")
+            .and_then(|()| out.write_all(tags.as_bytes()))
+            .and_then(|()| out.write_all(b" "))
+            .and_then(|()| out.write_all(data))
+            .and_then(|()| out.write_all(b"\n"));
+        written.map_err(|e| self.broken(&e))
+    }
+
+    /// Sends what is buffered. It does not wait for the server: [`ping`](Self::ping) does.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// client.publish("clock", "tick")?;
+    /// client.flush()?; // on its way now
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub fn flush(&self) -> Result<(), Error> {
+        let mut w = self.inner.writer.lock();
+        self.usable(&w)?;
+        w.out.flush().map_err(|e| self.broken(&e))
+    }
+
+    /// Sends what is buffered and a `ping`, and waits for the `pong`: when it returns, the
+    /// server has applied every command sent before it, and every message delivered to this
+    /// connection before the `pong` is waiting in [`recv`](Self::recv).
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// client.subscribe("a")?;
+    /// client.publish("a", "one")?;
+    /// client.ping()?;
+    /// assert!(client.try_recv()?.is_some()); // already here
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Refused`] when the server refused publishes sent since the previous `ping`
+    /// (the `ping` itself went through); [`Error::Timeout`]; or the connection failed.
+    pub fn ping(&self) -> Result<(), Error> {
+        self.request(&[b"ping\n"], false, |reply| Waiting::Ping(Some(reply)))
+            .map(drop)
+    }
+
+    /// Subscribes this connection to every message whose tags include all of `tags`.
+    /// Subscribing to the same set twice is one subscription.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// client.subscribe("alerts,disk")?; // messages tagged with both
+    /// client.subscribe("deploys")?;
+    /// assert_eq!(client.list()?.len(), 2);
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Invalid`]; [`Error::Server`] when the server refused it (too many
+    /// subscriptions); [`Error::Timeout`]; or the connection failed.
+    pub fn subscribe<T: TagList + ?Sized>(&self, tags: &T) -> Result<(), Error> {
+        let tags = tags.checked(self.inner.options.max_tags)?;
+        self.confirm(format!("subscribe {tags}\n"))
+    }
+
+    /// Removes exactly the subscription to `tags` (also fine when there was none). Messages
+    /// already on their way may still arrive.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// client.subscribe("a,b")?;
+    /// client.unsubscribe("b,a")?;
+    /// assert!(client.list()?.is_empty());
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe).
+    pub fn unsubscribe<T: TagList + ?Sized>(&self, tags: &T) -> Result<(), Error> {
+        let tags = tags.checked(self.inner.options.max_tags)?;
+        self.confirm(format!("unsubscribe {tags}\n"))
+    }
+
+    /// This connection's subscriptions, sorted.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// client.subscribe("b,a")?;
+    /// client.subscribe("c")?;
+    /// let subs: Vec<String> = client.list()?.iter().map(|s| s.to_string()).collect();
+    /// assert_eq!(subs, ["a,b", "c"]);
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], or the connection failed.
+    pub fn list(&self) -> Result<Vec<TagSet>, Error> {
+        match self.request(&[b"list\n"], true, Waiting::List)? {
+            Answer::List(sets) => Ok(sets),
+            other => unreachable!("a list waiter got {other:?}"),
+        }
+    }
+
+    /// Sends `auth ADMIN_TOKEN`: on a server with an `admin_token`, the admin commands
+    /// ([`register`](Self::register), [`unregister`](Self::unregister), [`set`](Self::set),
+    /// [`unset`](Self::unset), [`tags`](Self::tags)) work on this connection after it.
+    ///
+    /// ```
+    /// # let mut config = mist::doc_config();
+    /// # config.admin_token = Some("s3cret".into());
+    /// # let server = mist::doc_server_with(config);
+    /// # let addr = server.tcp_addr();
+    /// use mist::client::{Client, Error, ServerErrorKind};
+    ///
+    /// let client = Client::connect(addr)?;
+    /// match client.register("alerts", "browser-token") {
+    ///     Err(Error::Server(e)) => assert_eq!(e.kind(), ServerErrorKind::NotAllowed),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// client.auth("s3cret")?;
+    /// client.register("alerts", "browser-token")?;
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Server`] when the token is wrong or the server has none; [`Error::Timeout`];
+    /// or the connection failed. The token is checked here only for what a line can carry.
+    pub fn auth(&self, admin_token: &str) -> Result<(), Error> {
+        if admin_token.is_empty() || admin_token.contains(['\n', '\r', ' ']) {
+            return Err(Error::Invalid(TagError::TokenBadChar));
+        }
+        self.confirm(format!("auth {admin_token}\n"))
+    }
+
+    /// Creates `token` with `tags` (admin): WebSocket clients with the token may subscribe to
+    /// sets that share a tag with it.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// // Without an admin_token, admin commands work from loopback addresses.
+    /// let client = mist::Client::connect(addr)?;
+    /// client.register("alerts,deploys", "dashboard-token")?;
+    /// assert_eq!(client.tags("dashboard-token")?, ["alerts", "deploys"]);
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Invalid`]; [`Error::Server`] when the token exists or admin commands are not
+    /// allowed; [`Error::Timeout`]; or the connection failed.
+    pub fn register<T: TagList + ?Sized>(&self, tags: &T, token: &str) -> Result<(), Error> {
+        let tags = tags.checked(self.inner.options.max_tags)?;
+        let token = tags::validate_token(token.as_bytes())?;
+        self.confirm(format!("register {tags} {token}\n"))
+    }
+
+    /// Removes `token` (admin); WebSockets that authenticated with it are closed.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// client.register("alerts", "old-token")?;
+    /// client.unregister("old-token")?;
+    /// assert!(client.tags("old-token").is_err());
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`register`](Self::register); an unknown token is an [`Error::Server`].
+    pub fn unregister(&self, token: &str) -> Result<(), Error> {
+        let token = tags::validate_token(token.as_bytes())?;
+        self.confirm(format!("unregister {token}\n"))
+    }
+
+    /// Adds `tags` to `token` (admin).
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// client.register("a", "tok")?;
+    /// client.set("b,c", "tok")?;
+    /// assert_eq!(client.tags("tok")?, ["a", "b", "c"]);
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`register`](Self::register); an unknown token is an [`Error::Server`].
+    pub fn set<T: TagList + ?Sized>(&self, tags: &T, token: &str) -> Result<(), Error> {
+        let tags = tags.checked(self.inner.options.max_tags)?;
+        let token = tags::validate_token(token.as_bytes())?;
+        self.confirm(format!("set {tags} {token}\n"))
+    }
+
+    /// Removes `tags` from `token` (admin); WebSocket subscriptions that no longer share a tag
+    /// with it are removed.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// client.register("a,b", "tok")?;
+    /// client.unset("a,b", "tok")?;
+    /// assert!(client.tags("tok")?.is_empty());
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`register`](Self::register); an unknown token is an [`Error::Server`].
+    pub fn unset<T: TagList + ?Sized>(&self, tags: &T, token: &str) -> Result<(), Error> {
+        let tags = tags.checked(self.inner.options.max_tags)?;
+        let token = tags::validate_token(token.as_bytes())?;
+        self.confirm(format!("unset {tags} {token}\n"))
+    }
+
+    /// The tags of `token` (admin), sorted; empty when it has none.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// client.register("b,a", "tok")?;
+    /// assert_eq!(client.tags("tok")?, ["a", "b"]);
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`register`](Self::register); an unknown token is an [`Error::Server`].
+    pub fn tags(&self, token: &str) -> Result<Vec<String>, Error> {
+        let token = tags::validate_token(token.as_bytes())?;
+        let line = format!("tags {token}\n");
+        let token = token.to_string();
+        match self.request(&[line.as_bytes()], true, |reply| Waiting::Tags {
+            token,
+            reply,
+        })? {
+            Answer::Tags(tags) => Ok(tags),
+            other => unreachable!("a tags waiter got {other:?}"),
+        }
+    }
+
+    /// The next message or notice, waiting as long as it takes.
+    ///
+    /// ```
+    /// use mist::client::{Client, Event};
+    ///
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = Client::connect(addr)?;
+    /// client.subscribe("greetings")?;
+    /// client.publish("greetings,en", "hello")?;
+    /// client.flush()?;
+    /// match client.recv()? {
+    ///     Event::Message(m) => assert_eq!(m.data, b"hello"),
+    ///     Event::Dropped { count, .. } => panic!("lost {count}"),
+    /// }
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The connection ended ([`Error::Closed`] when the server closed it), after every event
+    /// that arrived before was received.
+    pub fn recv(&self) -> Result<Event, Error> {
+        self.inner
+            .shared
+            .inbox
+            .take(None)
+            .map(|e| e.expect("no deadline"))
+    }
+
+    /// The next message or notice, waiting at most `timeout`: `Ok(None)` when nothing
+    /// arrived meanwhile.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// client.subscribe("quiet")?;
+    /// assert!(client.recv_timeout(Duration::from_millis(10))?.is_none());
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Event>, Error> {
+        self.inner.shared.inbox.take(Some(Instant::now() + timeout))
+    }
+
+    /// The next message or notice if one is waiting, without waiting.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// assert!(client.try_recv()?.is_none());
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub fn try_recv(&self) -> Result<Option<Event>, Error> {
+        self.inner.shared.inbox.take(Some(Instant::now()))
+    }
+
+    /// The messages and notices as they arrive: an iterator of [`recv`](Self::recv) that
+    /// yields the error that ends the connection once, then stops.
+    ///
+    /// ```
+    /// use mist::client::{Client, Event};
+    ///
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = Client::connect(addr)?;
+    /// client.subscribe("temp")?;
+    /// for i in 0..3 {
+    ///     client.publish("temp,kitchen", format!("{}", 20 + i))?;
+    /// }
+    /// client.flush()?;
+    /// let readings: Vec<Vec<u8>> = client
+    ///     .events()
+    ///     .take(3)
+    ///     .map(|e| match e? {
+    ///         Event::Message(m) => Ok(m.data),
+    ///         Event::Dropped { count, .. } => panic!("lost {count}"),
+    ///     })
+    ///     .collect::<Result<_, mist::client::Error>>()?;
+    /// assert_eq!(readings, [b"20", b"21", b"22"]);
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    pub fn events(&self) -> Events<'_> {
+        Events {
+            client: self,
+            done: false,
+        }
+    }
+
+    /// Sends what is buffered, tells the server that nothing more comes, and waits (up to the
+    /// read timeout) until it has closed its side, by which time it has applied everything
+    /// sent. Events that arrived before can still be received; then `recv` fails with
+    /// [`Error::Shutdown`], in every clone. Dropping the last clone closes the connection
+    /// too, without waiting.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// client.publish("jobs", "last one")?;
+    /// client.close()?;
+    /// assert!(matches!(client.ping(), Err(mist::client::Error::Shutdown)));
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The buffered commands could not be sent, or the server did not close its side within
+    /// the read timeout ([`Error::Timeout`]).
+    pub fn close(&self) -> Result<(), Error> {
+        let flushed = {
+            let mut w = self.inner.writer.lock();
+            if w.closed {
+                return Ok(());
+            }
+            w.closed = true;
+            let flushed = w.out.flush().map_err(|e| self.broken(&e));
+            self.inner.shared.closing.store(true, Ordering::Release);
+            let _ = self.inner.sock.shutdown(Shutdown::Write);
+            flushed
+        };
+        let timeout = self.inner.options.read_timeout;
+        if !self.inner.shared.inbox.wait_end(Instant::now() + timeout) {
+            let _ = self.inner.sock.shutdown(Shutdown::Both);
+            return Err(Error::Timeout(timeout));
+        }
+        if let Some(reader) = self.inner.reader.lock().take() {
+            let _ = reader.join();
+        }
+        flushed
+    }
+
+    /// The server's address.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::Client::connect(addr)?;
+    /// assert_eq!(client.peer_addr()?, addr);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The socket no longer knows it.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.sock.peer_addr()
+    }
+
+    /// Sends `line` and a `ping`, and waits: the command succeeded when the `pong` comes
+    /// without an `error` before it.
+    fn confirm(&self, line: String) -> Result<(), Error> {
+        self.request(&[line.as_bytes(), b"ping\n"], true, |reply| {
+            Waiting::Confirm { reply, error: None }
+        })
+        .map(drop)
+    }
+
+    /// Writes `lines` (a command that gets a reply) and waits for the answer. With
+    /// `end_publishes`, a run of publishes not yet followed by a `ping` gets one first, so
+    /// that their refusals cannot be taken for this command's.
+    fn request(
+        &self,
+        lines: &[&[u8]],
+        end_publishes: bool,
+        waiting: impl FnOnce(replies::Reply) -> Waiting,
+    ) -> Result<Answer, Error> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut w = self.inner.writer.lock();
+            self.usable(&w)?;
+            // The entries go in before their lines are written: a reply cannot come first.
+            let mut replies = self.inner.shared.replies.lock();
+            let end_run = end_publishes && w.unpinged;
+            if end_run {
+                replies.push(Waiting::Ping(None))?;
+            }
+            replies.push(waiting(tx))?;
+            drop(replies);
+            w.unpinged = false;
+            let out = &mut w.out;
+            let mut written = if end_run {
+                out.write_all(b"ping\n")
+            } else {
+                Ok(())
+            };
+            for line in lines {
+                written = written.and_then(|()| out.write_all(line));
+            }
+            written
+                .and_then(|()| out.flush())
+                .map_err(|e| self.broken(&e))?;
+        }
+        let timeout = self.inner.options.read_timeout;
+        match rx.recv_timeout(timeout) {
+            Ok(answer) => answer,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(self.inner.shared.end_error()),
+        }
+    }
+
+    /// Fails when the connection can no longer be written to.
+    fn usable(&self, w: &Writer) -> Result<(), Error> {
+        if w.closed {
+            return Err(Error::Shutdown);
+        }
+        if self.inner.shared.ended.load(Ordering::Acquire) {
+            return Err(self.inner.shared.end_error());
+        }
+        Ok(())
+    }
+
+    /// A write failed: part of a line may have gone out, so the connection cannot go on.
+    /// Closing it ends the reader thread, which fails whoever waits.
+    fn broken(&self, e: &io::Error) -> Error {
+        let _ = self.inner.sock.shutdown(Shutdown::Both);
+        if self.inner.shared.ended.load(Ordering::Acquire) {
+            return self.inner.shared.end_error();
+        }
+        Error::Io(io::Error::new(e.kind(), e.to_string()))
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Client");
+        if let Ok(peer) = self.inner.sock.peer_addr() {
+            d.field("peer", &peer);
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    /// The last clone is gone: send what is buffered and close our side. The reader thread
+    /// reads on until the server closes its side, so the connection ends cleanly (closing a
+    /// socket with unread data would reset it), then exits by itself.
+    fn drop(&mut self) {
+        let w = self.writer.get_mut();
+        if !w.closed {
+            let _ = w.out.flush();
+            self.shared.closing.store(true, Ordering::Release);
+            let _ = self.sock.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+/// The iterator of [`Client::events`].
+#[derive(Debug)]
+pub struct Events<'a> {
+    client: &'a Client,
+    done: bool,
+}
+
+impl Iterator for Events<'_> {
+    type Item = Result<Event, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let next = self.client.recv();
+        self.done = next.is_err();
+        Some(next)
+    }
+}
+
+/// A server on ephemeral loopback ports with an in-memory token store, for the examples in
+/// this documentation (each needs a server to talk to). Not part of the API.
+#[doc(hidden)]
+pub fn doc_server() -> crate::Server {
+    doc_server_with(doc_config())
+}
+
+/// The defaults, on ephemeral loopback ports (for the examples in this documentation).
+#[doc(hidden)]
+pub fn doc_config() -> crate::Config {
+    crate::Config {
+        tcp_listen_address: "127.0.0.1:0".into(),
+        http_listen_address: "127.0.0.1:0".into(),
+        ..crate::Config::default()
+    }
+}
+
+/// A server with `config` and an in-memory token store (for the examples in this
+/// documentation).
+#[doc(hidden)]
+pub fn doc_server_with(config: crate::Config) -> crate::Server {
+    crate::Server::start(config, Box::new(crate::auth::memory::MemoryStore::new()))
+        .expect("a server on ephemeral loopback ports starts")
+}
