@@ -189,11 +189,8 @@ impl Options {
         for a in addr.to_socket_addrs().map_err(connect_error)? {
             match TcpStream::connect_timeout(&a, self.connect_timeout) {
                 Ok(stream) => {
-                    let client = self.start(stream).map_err(connect_error)?;
-                    client.request(&[b"ping\n"], false, |reply| Waiting::Confirm {
-                        reply,
-                        error: None,
-                    })?;
+                    let (client, hello) = self.start(stream).map_err(connect_error)?;
+                    client.wait(&hello)?;
                     return Ok(client);
                 }
                 Err(e) => last = e,
@@ -202,14 +199,23 @@ impl Options {
         Err(connect_error(last))
     }
 
-    /// Sets up a connected socket: its options, the reader thread, the write half.
-    fn start(&self, stream: TcpStream) -> io::Result<Client> {
+    /// Sets up a connected socket: its options, the first `ping`, the reader thread, the
+    /// write half. Returns the client and where the `ping`'s answer will come.
+    fn start(&self, stream: TcpStream) -> io::Result<(Client, Answers)> {
         // No Nagle delay (commands go out when flushed), keepalive to notice a server that
         // vanished, and the write timeout: the same options the server gives its sockets.
         crate::net::configure_socket(&stream, self.write_timeout)?;
+        // The `ping` is waiting before the reader starts: a server that is full sends its
+        // `error` at once, and it must find the `ping` to belong to.
+        let mut replies = Replies::default();
+        let (reply, hello) = mpsc::sync_channel(1);
+        replies
+            .push(Waiting::Confirm { reply, error: None })
+            .expect("a new connection has not ended");
+        (&stream).write_all(b"ping\n")?;
         let sock = Arc::new(stream);
         let shared = Arc::new(Shared {
-            replies: Mutex::new(Replies::default()),
+            replies: Mutex::new(replies),
             inbox: Inbox::new(Limits {
                 msgs: self.recv_msgs,
                 bytes: self.recv_bytes,
@@ -219,7 +225,7 @@ impl Options {
         });
         let max_receive = self.max_line_bytes.max(MIN_RECEIVE_LINE);
         let reader = reader::spawn(Arc::clone(&sock), Arc::clone(&shared), max_receive)?;
-        Ok(Client {
+        let client = Client {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Writer {
                     out: BufWriter::with_capacity(self.write_buffer, Sock(Arc::clone(&sock))),
@@ -231,9 +237,13 @@ impl Options {
                 options: self.clone(),
                 reader: Mutex::new(Some(reader)),
             }),
-        })
+        };
+        Ok((client, hello))
     }
 }
+
+/// Where a command's caller waits for its answer.
+type Answers = mpsc::Receiver<Result<Answer, Error>>;
 
 /// A tag list a command takes: a comma-separated `str` or `String` (checked on every call),
 /// or a [`TagSet`] (checked once, when it was made).
@@ -916,8 +926,13 @@ impl Client {
                 .and_then(|()| out.flush())
                 .map_err(|e| self.broken(&e))?;
         }
+        self.wait(&rx)
+    }
+
+    /// Waits for a command's answer, at most the read timeout.
+    fn wait(&self, answers: &Answers) -> Result<Answer, Error> {
         let timeout = self.inner.options.read_timeout;
-        match rx.recv_timeout(timeout) {
+        match answers.recv_timeout(timeout) {
             Ok(answer) => answer,
             Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(self.inner.shared.end_error()),

@@ -7,6 +7,7 @@ mod support;
 
 mod bench;
 mod cli;
+mod client;
 mod cluster;
 mod config;
 mod console;
