@@ -248,7 +248,7 @@ pub struct Tags {
 #[argh(
     subcommand,
     name = "bench",
-    example = "100 subscribers, 1 publisher sending 100000 messages as fast as possible:\n  $ mist bench\n4 publishers into 1 subscriber, 1 KiB messages, as JSON:\n  $ mist bench --scenario fanin --size 1024 --json\nLatency of 100 subscribers at 5000 msg/s, subscribers on WebSocket:\n  $ mist bench --scenario latency --transport ws --http-addr 127.0.0.1:8080\nDoes matching slow down with 100000 idle subscriptions? (prints the ratio)\n  $ mist bench --scenario index --compare\nServer memory per connection, with 5000 subscribers at 50 msg/s:\n  $ mist bench --scenario conns --server-pid $(pidof mist)\nWebSocket connects per second (compare auth_store memory and postgres):\n  $ mist --admin-token s3cret bench --scenario connect --conns 2000 --threads 100",
+    example = "100 subscribers, 1 publisher sending 100000 messages as fast as possible:\n  $ mist bench\n4 publishers into 1 subscriber, 1 KiB messages, as JSON:\n  $ mist bench --scenario fanin --size 1024 --json\nLatency of 100 subscribers at 5000 msg/s, subscribers on WebSocket:\n  $ mist bench --scenario latency --transport ws --http-addr 127.0.0.1:8080\nDoes matching slow down with 100000 idle subscriptions? (prints the ratio)\n  $ mist bench --scenario index --compare\nServer memory per connection, with 5000 subscribers at 50 msg/s:\n  $ mist bench --scenario conns --server-pid $(pidof mist)\nWebSocket connects per second (compare auth_store memory and postgres):\n  $ mist --admin-token s3cret bench --scenario connect --conns 2000 --threads 100\nThe same fan-out with the publisher on mist::Client:\n  $ mist bench --client",
     note = "Scenarios and their defaults (flags override them):\n  fanout   1 publisher -> --subs 100, --msgs 100000, --rate 0 (as fast as possible)\n  fanin    --pubs 4 -> 1 subscriber, --msgs 100000 per publisher\n  latency  1 publisher -> --subs 100 at --rate 5000, 5 seconds' worth of messages\n  index    1 subscriber plus --noise-subs 100000 non-matching subscriptions on\n           --noise-conns 10 connections, then a fan-out of --msgs 1000000\n  conns    1 publisher -> --subs 5000 at --rate 50, 10 seconds' worth of messages\n  connect  --conns 1000 WebSocket connects from --threads 50 threads, kept open\nEvery message carries its publisher, sequence number and send time, so each delivery's\nlatency, loss and order are checked. Subscriptions are confirmed (ping/pong, or the\nWebSocket subscribe reply) before the first publish. The run ends when every subscriber\nhas everything (complete), when nothing arrived for --idle seconds after the publishers\nfinished (idle), or at --timeout. The human table goes to stdout, progress to stderr;\n--json prints one JSON object instead of the table. WebSocket runs register a token over\nTCP first (from loopback, or after `auth` with --admin-token or $MIST_ADMIN_TOKEN).\nServer memory per connection is the growth of its RSS during set-up: use a fresh server."
 )]
 pub struct Bench {
@@ -359,6 +359,11 @@ pub struct Bench {
     /// (default 2), e.g. --idle 5
     #[argh(option, default = "2.0")]
     pub idle: f64,
+
+    /// publishers publish through mist::Client, the library's client, instead of writing
+    /// lines to their sockets themselves (to compare the two)
+    #[argh(switch)]
+    pub client: bool,
 
     /// print one JSON object on stdout instead of the table
     #[argh(switch)]

@@ -163,6 +163,8 @@ pub struct Options {
     pub admin_token: Option<String>,
     pub timeout: f64,
     pub idle: f64,
+    /// Publishers use `mist::Client`.
+    pub client: bool,
     pub json: bool,
 }
 
@@ -228,6 +230,7 @@ impl Options {
             admin_token: b.admin_token.or(g.admin_token),
             timeout: b.timeout,
             idle: b.idle,
+            client: b.client,
             json: b.json,
         };
         o.check()?;

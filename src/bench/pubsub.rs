@@ -17,6 +17,7 @@ use super::reader::{Conn, Plan, Reader, Role, Stats};
 use super::report::{Latency, Params, PubSub, Server};
 use super::{BenchError, Options, Transport, progress, sys};
 use mist::TagSet;
+use mist::client::{self, Client};
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -81,13 +82,17 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
     let mut publishers = Vec::with_capacity(o.pubs);
     let mut drains = Vec::with_capacity(o.pubs);
     for i in 0..o.pubs {
-        let stream =
-            open_publisher(o, deadline).map_err(|e| setup_error(format!("publisher {i}: {e}")))?;
-        let clone = stream
-            .try_clone()
-            .map_err(|e| setup_error(format!("publisher {i}: {e}")))?;
-        drains.push(Conn::drain(clone));
-        publishers.push(stream);
+        let failed = |e: &dyn std::fmt::Display| setup_error(format!("publisher {i}: {e}"));
+        if o.client {
+            // The client reads its own replies.
+            publishers.push(Link::Client(
+                open_client(o, deadline).map_err(|e| failed(&e))?,
+            ));
+            continue;
+        }
+        let stream = open_publisher(o, deadline).map_err(|e| failed(&e))?;
+        drains.push(Conn::drain(stream.try_clone().map_err(|e| failed(&e))?));
+        publishers.push(Link::Raw(stream));
     }
 
     let plan = Plan {
@@ -103,10 +108,10 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
     let mut shutdown = Vec::with_capacity(o.pubs);
     let mut handles = Vec::with_capacity(o.pubs);
     let prefix = format!("publish {} ", o.topic).into_bytes();
-    for (i, stream) in publishers.into_iter().enumerate() {
+    let topic = tag_set(&o.topic)?;
+    for (i, link) in publishers.into_iter().enumerate() {
         shutdown.push(
-            stream
-                .try_clone()
+            link.try_clone()
                 .map_err(|e| setup_error(format!("publisher {i}: {e}")))?,
         );
         let job = Publisher {
@@ -115,12 +120,13 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
             rate: o.rate,
             size: o.size,
             prefix: prefix.clone(),
+            topic: topic.clone(),
             clock,
         };
         let (start, stop, state) = (Arc::clone(&start), Arc::clone(&stop), Arc::clone(&state));
         let handle = thread::Builder::new()
             .name(format!("mist-bench-pub-{i}"))
-            .spawn(move || job.run(stream, &start, &stop, &state))
+            .spawn(move || job.run(link, &start, &stop, &state))
             .map_err(|e| setup_error(format!("cannot start a publisher thread: {e}")))?;
         handles.push(handle);
     }
@@ -148,8 +154,8 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
 
     let told = hear_stalled(&stalled, o.idle);
     stop.store(true, Ordering::Relaxed);
-    for s in &shutdown {
-        let _ = s.shutdown(Shutdown::Both);
+    for link in &shutdown {
+        link.stop();
     }
     let mut published = 0;
     let mut first = u64::MAX;
@@ -198,6 +204,7 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
             noise_conns: if o.noise_subs > 0 { o.noise_conns } else { 0 },
             pub_addr: o.pub_addr.clone(),
             sub_threads: o.sub_threads.min(o.subs),
+            publisher: if o.client { "client" } else { "raw" },
         },
         published,
         publish_secs: secs(last),
@@ -467,6 +474,48 @@ fn open_subscriber(
     }
 }
 
+/// A publisher on `mist::Client`, with the same write buffer as the benchmark's own.
+fn open_client(o: &Options, deadline: Deadline) -> Result<Client, client::Error> {
+    let left = deadline.remaining().map_err(client::Error::Io)?;
+    client::Options::new()
+        .connect_timeout(left)
+        .read_timeout(left)
+        .write_buffer(PUBLISH_BUFFER)
+        .max_tags(usize::MAX)
+        .connect(o.tcp_addr.as_str())
+}
+
+fn tag_set(list: &str) -> Result<TagSet, BenchError> {
+    TagSet::parse(list.as_bytes(), usize::MAX)
+        .map_err(|e| setup_error(format!("--topic {list:?}: {e}")))
+}
+
+/// A publisher's connection: a socket it writes lines to itself, or a [`Client`].
+enum Link {
+    Raw(TcpStream),
+    Client(Client),
+}
+
+impl Link {
+    /// A second handle, for stopping the publisher from the main thread.
+    fn try_clone(&self) -> io::Result<Link> {
+        Ok(match self {
+            Link::Raw(s) => Link::Raw(s.try_clone()?),
+            Link::Client(c) => Link::Client(c.clone()),
+        })
+    }
+
+    /// Makes a publisher blocked in a write return.
+    fn stop(&self) {
+        match self {
+            Link::Raw(s) => {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            Link::Client(c) => c.abort(),
+        }
+    }
+}
+
 fn open_publisher(o: &Options, deadline: Deadline) -> io::Result<TcpStream> {
     let addr = o.pub_addr.as_deref().unwrap_or(&o.tcp_addr);
     let mut stream = net::connect(addr, deadline)?;
@@ -523,7 +572,10 @@ struct Publisher {
     msgs: u64,
     rate: f64,
     size: usize,
+    /// `publish TOPIC ` (raw links).
     prefix: Vec<u8>,
+    /// The topic (client links).
+    topic: TagSet,
     clock: Clock,
 }
 
@@ -540,7 +592,7 @@ struct Published {
 impl Publisher {
     fn run(
         self,
-        stream: TcpStream,
+        link: Link,
         start: &Barrier,
         stop: &AtomicBool,
         state: &PublishState,
@@ -552,7 +604,12 @@ impl Publisher {
             error: None,
         };
         start.wait();
-        let result = self.publish(&stream, stop, &mut out);
+        let result = match &link {
+            Link::Raw(stream) => self.publish(stream, stop, &mut out),
+            Link::Client(client) => self
+                .publish_client(client, stop, &mut out)
+                .map_err(io::Error::other),
+        };
         out.end = self.clock.now();
         if let Err(e) = result {
             // After the stop, a failing write is just the socket being shut down.
@@ -594,39 +651,72 @@ impl Publisher {
         stop: &AtomicBool,
         out: &mut Published,
     ) -> io::Result<()> {
-        let interval = if self.rate > 0.0 {
-            1e9 / self.rate
-        } else {
-            0.0
-        };
         let t0 = self.clock.now();
         for seq in 0..self.msgs {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            if interval > 0.0 {
-                let due = t0 + (seq as f64 * interval) as u64;
-                let now = self.clock.now();
-                if now < due {
-                    // Caught up with the schedule: send what is buffered, then wait.
-                    w.flush()?;
-                    thread::sleep(Duration::from_nanos(due - now));
-                }
+            if let Some(wait) = self.ahead(t0, seq) {
+                // Caught up with the schedule: send what is buffered, then wait.
+                w.flush()?;
+                thread::sleep(wait);
             }
-            let sent = self.clock.now();
-            out.first = out.first.min(sent);
-            payload::encode(
-                &mut line[at..at + self.size],
-                Stamp {
-                    publisher: self.index,
-                    seq,
-                    sent,
-                },
-            );
+            self.stamp(&mut line[at..at + self.size], seq, out);
             w.write_all(line)?;
             out.sent += 1;
         }
         w.flush()
+    }
+
+    /// [`write_all`](Self::write_all) through `mist::Client`: the same schedule and payloads,
+    /// with the client's buffering, checks and line format. `out.sent` counts the messages the
+    /// client took.
+    fn publish_client(
+        &self,
+        client: &Client,
+        stop: &AtomicBool,
+        out: &mut Published,
+    ) -> Result<(), client::Error> {
+        let mut payload = vec![0; self.size];
+        let t0 = self.clock.now();
+        for seq in 0..self.msgs {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Some(wait) = self.ahead(t0, seq) {
+                client.flush()?;
+                thread::sleep(wait);
+            }
+            self.stamp(&mut payload, seq, out);
+            client.publish(&self.topic, &payload)?;
+            out.sent += 1;
+        }
+        client.flush()
+    }
+
+    /// How long to wait before message `seq` when paced and ahead of the schedule.
+    fn ahead(&self, t0: u64, seq: u64) -> Option<Duration> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let interval = 1e9 / self.rate;
+        let due = t0 + (seq as f64 * interval) as u64;
+        let now = self.clock.now();
+        (now < due).then(|| Duration::from_nanos(due - now))
+    }
+
+    /// Writes message `seq`'s payload, stamped now.
+    fn stamp(&self, payload: &mut [u8], seq: u64, out: &mut Published) {
+        let sent = self.clock.now();
+        out.first = out.first.min(sent);
+        payload::encode(
+            payload,
+            Stamp {
+                publisher: self.index,
+                seq,
+                sent,
+            },
+        );
     }
 }
 

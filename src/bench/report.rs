@@ -178,6 +178,9 @@ pub struct Params {
     pub sub_threads: usize,
     /// Where publishers connected, when not where subscribers did (`--pub-addr`).
     pub pub_addr: Option<String>,
+    /// How the publishers write: `raw` (lines written by the benchmark) or `client`
+    /// (`mist::Client`).
+    pub publisher: &'static str,
 }
 
 /// The outcome of a publish/subscribe run.
@@ -241,6 +244,7 @@ impl PubSub {
         put("noise_conns", json!(p.noise_conns));
         put("sub_threads", json!(p.sub_threads));
         put("pub_addr", json!(p.pub_addr));
+        put("publisher", json!(p.publisher));
         put("published", json!(self.published));
         put("publish_secs", json!(round(self.publish_secs, 4)));
         put(
@@ -301,6 +305,9 @@ impl PubSub {
                 group(p.noise_subs as u64),
                 p.noise_conns
             );
+        }
+        if p.publisher == "client" {
+            title.push_str(", publishing through mist::Client");
         }
         let mut rows = vec![
             (

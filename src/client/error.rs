@@ -78,6 +78,19 @@ pub enum Error {
 }
 
 /// Why a message's data cannot be published over the line protocol.
+///
+/// ```
+/// use mist::client::{DataError, Error};
+///
+/// # let server = mist::doc_server();
+/// # let addr = server.tcp_addr();
+/// let client = mist::Client::connect(addr)?;
+/// match client.publish("logs", "line one\r") {
+///     Err(Error::Data(DataError::TrailingCarriageReturn)) => {} // strip it, or encode the data
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), mist::client::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
@@ -96,6 +109,14 @@ pub enum DataError {
 ///
 /// `Display` is the reason as the server sent it; [`kind`](ServerError::kind) sorts it for
 /// programs.
+///
+/// ```
+/// use mist::client::{ServerError, ServerErrorKind};
+///
+/// let e = ServerError::new("token already exists");
+/// assert_eq!(e.kind(), ServerErrorKind::TokenExists);
+/// assert_eq!(e.to_string(), "token already exists");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerError {
     kind: ServerErrorKind,
@@ -103,6 +124,21 @@ pub struct ServerError {
 }
 
 /// What an `error` reply was about.
+///
+/// ```
+/// use mist::client::{Error, ServerErrorKind};
+///
+/// # let server = mist::doc_server();
+/// # let addr = server.tcp_addr();
+/// let client = mist::Client::connect(addr)?;
+/// // Register, or leave the token alone when it exists.
+/// match client.register("alerts", "tok") {
+///     Ok(()) => {}
+///     Err(Error::Server(e)) if e.kind() == ServerErrorKind::TokenExists => {}
+///     Err(e) => return Err(e),
+/// }
+/// # Ok::<(), mist::client::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ServerErrorKind {
@@ -133,6 +169,11 @@ pub enum ServerErrorKind {
 
 impl ServerError {
     /// An error with the reason the server sent.
+    ///
+    /// ```
+    /// let e = mist::client::ServerError::new("unknown token");
+    /// assert_eq!(e.kind(), mist::client::ServerErrorKind::UnknownToken);
+    /// ```
     pub fn new(reason: impl Into<String>) -> ServerError {
         let reason = reason.into();
         ServerError {
@@ -142,11 +183,21 @@ impl ServerError {
     }
 
     /// What the error was about.
+    ///
+    /// ```
+    /// let e = mist::client::ServerError::new("line too long (max_line_bytes 100)");
+    /// assert_eq!(e.kind(), mist::client::ServerErrorKind::LineTooLong);
+    /// ```
     pub fn kind(&self) -> ServerErrorKind {
         self.kind
     }
 
     /// The reason, as the server sent it after `error `.
+    ///
+    /// ```
+    /// let e = mist::client::ServerError::new("unknown token");
+    /// assert_eq!(e.reason(), "unknown token");
+    /// ```
     pub fn reason(&self) -> &str {
         &self.reason
     }

@@ -35,6 +35,24 @@ pub enum Event {
 }
 
 /// Who dropped the messages of an [`Event::Dropped`].
+///
+/// ```
+/// use mist::client::{DroppedBy, Event};
+///
+/// fn explain(event: &Event) -> Option<String> {
+///     match event {
+///         Event::Dropped { count, by: DroppedBy::Server } => {
+///             Some(format!("{count} lost: the server's queue for us was full"))
+///         }
+///         Event::Dropped { count, by: DroppedBy::Client } => {
+///             Some(format!("{count} lost: we did not call recv fast enough"))
+///         }
+///         Event::Message(_) => None,
+///     }
+/// }
+/// let e = Event::Dropped { count: 3, by: DroppedBy::Client };
+/// assert_eq!(explain(&e).unwrap(), "3 lost: we did not call recv fast enough");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DroppedBy {
     /// The server: its queue for this connection was full (`client_queue`,

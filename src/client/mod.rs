@@ -29,7 +29,7 @@
 //!
 //! # Layout
 //!
-//! - [`error`](Error): [`Error`], and the server's refusals as [`ServerError`].
+//! - `error`: [`Error`], and the server's refusals as [`ServerError`].
 //! - `event`: [`Event`], [`Message`].
 //! - `wire`: the protocol's lines from the client's side (pure).
 //! - `replies`: matching replies to the commands that wait for them (pure).
@@ -110,11 +110,29 @@ impl Options {
     /// The defaults: connect timeout 5 s, read and write timeouts 30 s, the server's default
     /// limits (32 tags, lines of 1 MiB), a receive buffer of 65,536 messages or 64 MiB, and a
     /// write buffer of 64 KiB.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = mist::client::Options::new().connect(addr)?; // as Client::connect(addr)
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
     pub fn new() -> Options {
         Options::default()
     }
 
     /// How long connecting to one address may take.
+    ///
+    /// ```
+    /// use mist::client::{Error, Options};
+    /// use std::time::Duration;
+    ///
+    /// // A port where nothing listens any more.
+    /// let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    /// let quick = Options::new().connect_timeout(Duration::from_millis(500));
+    /// assert!(matches!(quick.connect(addr), Err(Error::Connect { .. })));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Options {
         self.connect_timeout = timeout;
         self
@@ -123,6 +141,17 @@ impl Options {
     /// How long a command waits for the server's reply before it fails with
     /// [`Error::Timeout`]. Receiving messages has no timeout of its own: see
     /// [`Client::recv_timeout`].
+    ///
+    /// ```
+    /// use mist::client::Options;
+    /// use std::time::Duration;
+    ///
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = Options::new().read_timeout(Duration::from_secs(2)).connect(addr)?;
+    /// client.ping()?; // fails with Error::Timeout if no pong comes within 2 s
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
     pub fn read_timeout(mut self, timeout: Duration) -> Options {
         self.read_timeout = timeout;
         self
@@ -130,6 +159,16 @@ impl Options {
 
     /// How long a write may make no progress (the server not reading) before the connection
     /// is given up.
+    ///
+    /// ```
+    /// use mist::client::Options;
+    /// use std::time::Duration;
+    ///
+    /// let options = Options::new().write_timeout(Duration::from_secs(10));
+    /// # let server = mist::doc_server();
+    /// # options.connect(server.tcp_addr())?;
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
     pub fn write_timeout(mut self, timeout: Duration) -> Options {
         self.write_timeout = timeout;
         self
@@ -137,6 +176,20 @@ impl Options {
 
     /// The most distinct tags in a tag list; set it to the server's `max_tags` when that is
     /// not the default 32.
+    ///
+    /// ```
+    /// use mist::client::{Error, Options};
+    /// use mist::TagError;
+    ///
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = Options::new().max_tags(2).connect(addr)?;
+    /// assert!(matches!(
+    ///     client.publish("a,b,c", "x"),
+    ///     Err(Error::Invalid(TagError::TooMany(2)))
+    /// ));
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
     pub fn max_tags(mut self, max: usize) -> Options {
         self.max_tags = max;
         self
@@ -144,6 +197,19 @@ impl Options {
 
     /// The longest line the client sends, `publish TAGS DATA` included; set it to the
     /// server's `max_line_bytes` when that is not the default 1 MiB.
+    ///
+    /// ```
+    /// use mist::client::{DataError, Error, Options};
+    ///
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = Options::new().max_line_bytes(100).connect(addr)?;
+    /// assert!(matches!(
+    ///     client.publish("a", vec![b'x'; 100]),
+    ///     Err(Error::Data(DataError::TooLong { len: 110, max: 100 }))
+    /// ));
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
     pub fn max_line_bytes(mut self, max: usize) -> Options {
         self.max_line_bytes = max;
         self
@@ -152,6 +218,23 @@ impl Options {
     /// How many received messages, and how many bytes of their tags and data, wait for the
     /// program before newer ones are dropped (and reported as [`Event::Dropped`] by
     /// [`DroppedBy::Client`]).
+    ///
+    /// ```
+    /// use mist::client::{DroppedBy, Event, Options};
+    ///
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = Options::new().recv_buffer(2, 1 << 20).connect(addr)?;
+    /// client.subscribe("n")?;
+    /// for i in 0..5 {
+    ///     client.publish("n", format!("{i}"))?;
+    /// }
+    /// client.ping()?; // all five have arrived: two are kept
+    /// assert!(matches!(client.recv()?, Event::Message(_)));
+    /// assert!(matches!(client.recv()?, Event::Message(_)));
+    /// assert_eq!(client.recv()?, Event::Dropped { count: 3, by: DroppedBy::Client });
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
     pub fn recv_buffer(mut self, msgs: usize, bytes: usize) -> Options {
         self.recv_msgs = msgs.max(1);
         self.recv_bytes = bytes;
@@ -160,6 +243,16 @@ impl Options {
 
     /// How many bytes of commands are buffered before they are written without a
     /// [`Client::flush`].
+    ///
+    /// ```
+    /// use mist::client::Options;
+    ///
+    /// // Fewer, larger writes for a program that publishes many messages at once.
+    /// let options = Options::new().write_buffer(256 * 1024);
+    /// # let server = mist::doc_server();
+    /// # options.connect(server.tcp_addr())?;
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
     pub fn write_buffer(mut self, bytes: usize) -> Options {
         self.write_buffer = bytes;
         self
@@ -172,6 +265,15 @@ impl Options {
     /// [`Error::Connect`] when no address takes the connection; [`Error::Server`] when the
     /// server refuses it (at `max_connections`); [`Error::Timeout`] or
     /// [`Error::Protocol`] when what answers is not a mist server.
+    ///
+    /// ```
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let options = mist::client::Options::new();
+    /// let publisher = options.connect(addr)?;
+    /// let subscriber = options.connect(addr)?;
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
     pub fn connect<A: ToSocketAddrs + fmt::Display>(&self, addr: A) -> Result<Client, Error> {
         let connect_error = |source| Error::Connect {
             addr: addr.to_string(),
@@ -265,6 +367,18 @@ type Answers = mpsc::Receiver<Result<Answer, Error>>;
 pub trait TagList: private::Sealed {
     /// The list in a form the server takes, checked against the protocol's rules with at
     /// most `max_tags` distinct tags.
+    ///
+    /// ```
+    /// use mist::client::TagList;
+    /// use mist::{TagError, TagSet};
+    ///
+    /// assert_eq!("b,a".checked(32), Ok("b,a")); // the server sorts it
+    /// assert_eq!("a,,b".checked(32), Err(TagError::EmptyTag));
+    /// let set: TagSet = "b,a".parse()?;
+    /// assert_eq!(set.checked(32), Ok("a,b"));
+    /// assert_eq!(set.checked(1), Err(TagError::TooMany(1)));
+    /// # Ok::<(), TagError>(())
+    /// ```
     ///
     /// # Errors
     /// The first rule the list breaks.
@@ -850,10 +964,15 @@ impl Client {
                 return Ok(());
             }
             w.closed = true;
-            let flushed = w.out.flush().map_err(|e| self.broken(&e));
-            self.inner.shared.closing.store(true, Ordering::Release);
-            let _ = self.inner.sock.shutdown(Shutdown::Write);
-            flushed
+            if self.inner.shared.closing.load(Ordering::Acquire) {
+                // Aborted: nothing more can be sent.
+                Ok(())
+            } else {
+                let flushed = w.out.flush().map_err(|e| self.broken(&e));
+                self.inner.shared.closing.store(true, Ordering::Release);
+                let _ = self.inner.sock.shutdown(Shutdown::Write);
+                flushed
+            }
         };
         let timeout = self.inner.options.read_timeout;
         if !self.inner.shared.inbox.wait_end(Instant::now() + timeout) {
@@ -864,6 +983,33 @@ impl Client {
             let _ = reader.join();
         }
         flushed
+    }
+
+    /// Closes the connection at once, in both directions, without sending what is buffered
+    /// or waiting for anything: for stopping from another thread. Threads blocked in
+    /// [`recv`](Self::recv), waiting for a reply or in a write return at once, and every call
+    /// after it fails, with [`Error::Shutdown`] (a write that was cut short may report the
+    /// failed write instead).
+    ///
+    /// ```
+    /// use mist::client::{Client, Error};
+    /// use std::thread;
+    ///
+    /// # let server = mist::doc_server();
+    /// # let addr = server.tcp_addr();
+    /// let client = Client::connect(addr)?;
+    /// client.subscribe("rare")?;
+    /// let follower = {
+    ///     let client = client.clone();
+    ///     thread::spawn(move || client.recv())
+    /// };
+    /// client.abort();
+    /// assert!(matches!(follower.join().unwrap(), Err(Error::Shutdown)));
+    /// # Ok::<(), mist::client::Error>(())
+    /// ```
+    pub fn abort(&self) {
+        self.inner.shared.closing.store(true, Ordering::Release);
+        let _ = self.inner.sock.shutdown(Shutdown::Both);
     }
 
     /// The server's address.
@@ -941,7 +1087,7 @@ impl Client {
 
     /// Fails when the connection can no longer be written to.
     fn usable(&self, w: &Writer) -> Result<(), Error> {
-        if w.closed {
+        if w.closed || self.inner.shared.closing.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }
         if self.inner.shared.ended.load(Ordering::Acquire) {
@@ -954,6 +1100,9 @@ impl Client {
     /// Closing it ends the reader thread, which fails whoever waits.
     fn broken(&self, e: &io::Error) -> Error {
         let _ = self.inner.sock.shutdown(Shutdown::Both);
+        if self.inner.shared.closing.load(Ordering::Acquire) {
+            return Error::Shutdown;
+        }
         if self.inner.shared.ended.load(Ordering::Acquire) {
             return self.inner.shared.end_error();
         }
@@ -977,7 +1126,7 @@ impl Drop for Inner {
     /// socket with unread data would reset it), then exits by itself.
     fn drop(&mut self) {
         let w = self.writer.get_mut();
-        if !w.closed {
+        if !w.closed && !self.shared.closing.load(Ordering::Acquire) {
             let _ = w.out.flush();
             self.shared.closing.store(true, Ordering::Release);
             let _ = self.sock.shutdown(Shutdown::Write);
@@ -985,7 +1134,22 @@ impl Drop for Inner {
     }
 }
 
-/// The iterator of [`Client::events`].
+/// The iterator of [`Client::events`]: each [`Client::recv`], until the error that ends the
+/// connection.
+///
+/// ```
+/// # let server = mist::doc_server();
+/// # let addr = server.tcp_addr();
+/// let client = mist::Client::connect(addr)?;
+/// client.subscribe("a")?;
+/// client.publish("a", "x")?;
+/// client.close()?; // the server applies the publish, then closes
+/// let mut events = client.events();
+/// assert!(matches!(events.next(), Some(Ok(mist::client::Event::Message(_)))));
+/// assert!(matches!(events.next(), Some(Err(mist::client::Error::Shutdown))));
+/// assert!(events.next().is_none());
+/// # Ok::<(), mist::client::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Events<'a> {
     client: &'a Client,
