@@ -50,6 +50,13 @@ fn wait_for_subscriptions(server: &TestServer, n: u64) {
     }
 }
 
+/// A client is shared between threads: by reference, or by clone.
+#[test]
+fn clients_are_send_and_sync() {
+    fn send_sync<T: Send + Sync + Clone>() {}
+    send_sync::<Client>();
+}
+
 #[test]
 fn messages_arrive_byte_for_byte_with_their_tags() -> Result<(), Error> {
     let server = TestServer::start();
