@@ -29,6 +29,7 @@
 //!
 //! # Layout
 //!
+//! - `buffer`: the write buffer.
 //! - `error`: [`Error`], and the server's refusals as [`ServerError`].
 //! - `event`: [`Event`], [`Message`].
 //! - `wire`: the protocol's lines from the client's side (pure).
@@ -36,6 +37,7 @@
 //! - `inbox`: the bounded queue of received events.
 //! - `reader`: the reader thread.
 
+mod buffer;
 mod error;
 mod event;
 mod inbox;
@@ -47,11 +49,12 @@ pub use error::{DataError, Error, ServerError, ServerErrorKind};
 pub use event::{DroppedBy, Event, Message};
 
 use crate::tags::{self, TagError, TagSet};
+use buffer::Buffer;
 use inbox::{Inbox, Limits};
 use parking_lot::Mutex;
 use replies::{Answer, End, Replies, Waiting};
 use std::fmt;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -330,7 +333,7 @@ impl Options {
         let client = Client {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Writer {
-                    out: BufWriter::with_capacity(self.write_buffer, Sock(Arc::clone(&sock))),
+                    out: Buffer::new(Sock(Arc::clone(&sock)), self.write_buffer),
                     unpinged: false,
                     closed: false,
                 }),
@@ -400,7 +403,9 @@ impl TagList for String {
 
 impl TagList for TagSet {
     fn checked(&self, max_tags: usize) -> Result<&str, TagError> {
-        if self.len() > max_tags {
+        // k tags take at least 2k - 1 bytes: most sets cannot have too many, uncounted.
+        let most = self.as_str().len().div_ceil(2);
+        if most > max_tags && self.len() > max_tags {
             return Err(TagError::TooMany(max_tags));
         }
         Ok(self.as_str())
@@ -509,7 +514,7 @@ impl Shared {
 
 /// The write half of the connection.
 struct Writer {
-    out: BufWriter<Sock>,
+    out: Buffer<Sock>,
     /// Publishes were written since the last `ping`: another command must send one first,
     /// so that an `error` for a publish cannot be taken for the command's.
     unpinged: bool,
@@ -587,14 +592,7 @@ impl Client {
         let mut w = self.inner.writer.lock();
         self.usable(&w)?;
         w.unpinged = true;
-        let out = &mut w.out;
-        let written = out
-            .write_all(b"publish ")
-            .and_then(|()| out.write_all(tags.as_bytes()))
-            .and_then(|()| out.write_all(b" "))
-            .and_then(|()| out.write_all(data))
-            .and_then(|()| out.write_all(b"\n"));
-        written.map_err(|e| self.broken(&e))
+        w.out.publish(tags, data).map_err(|e| self.broken(&e))
     }
 
     /// Sends what is buffered. It does not wait for the server: [`ping`](Self::ping) does.
@@ -1060,13 +1058,9 @@ impl Client {
             drop(replies);
             w.unpinged = false;
             let out = &mut w.out;
-            let mut written = if end_run {
-                out.write_all(b"ping\n")
-            } else {
-                Ok(())
-            };
+            let mut written = if end_run { out.line(b"ping\n") } else { Ok(()) };
             for line in lines {
-                written = written.and_then(|()| out.write_all(line));
+                written = written.and_then(|()| out.line(line));
             }
             written
                 .and_then(|()| out.flush())
