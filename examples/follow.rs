@@ -15,6 +15,7 @@
 //! `TAGS DATA`. Stop the server and start it again: the program reconnects (waiting a little
 //! longer after each failed attempt, at most 5 s) and goes on.
 
+use mist::ErrorChain;
 use mist::client::{Client, DroppedBy, Error, Event, Options};
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -56,7 +57,7 @@ fn main() {
         }
     });
     if let Err(e) = result {
-        eprintln!("follow: {e}");
+        eprintln!("follow: {}", ErrorChain(&e));
         std::process::exit(1);
     }
 }
@@ -98,7 +99,10 @@ pub fn follow<S: AsRef<str>>(
             // Another attempt would be refused the same way.
             Error::Invalid(_) | Error::Server(_) => return Err(failure),
             e => {
-                eprintln!("follow: {e}; connecting again in {backoff:?}");
+                eprintln!(
+                    "follow: {}; connecting again in {backoff:?}",
+                    ErrorChain(&e)
+                );
                 thread::sleep(backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

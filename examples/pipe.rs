@@ -12,8 +12,8 @@
 //! has taken everything, and reports messages it refused. The exit code is 1 when any line
 //! could not be published.
 
-use mist::TagSet;
 use mist::client::{Client, Error};
+use mist::{ErrorChain, TagSet};
 use std::io::{self, BufRead, BufReader};
 use std::process::ExitCode;
 
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("pipe: {e}");
+            eprintln!("pipe: {}", ErrorChain(&e));
             ExitCode::from(1)
         }
     }

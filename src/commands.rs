@@ -6,7 +6,8 @@ use mist::cli::Command;
 use mist::client::{Error, Event};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 
-/// Why a command failed; `main` prints it after `mist: ` and exits with code 1.
+/// Why a command failed; `main` prints it with its causes after `mist: ` and exits with
+/// code 1.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     #[error(transparent)]
@@ -14,8 +15,8 @@ pub enum Failure {
     /// `publish TAGS -`: the reasons were printed as they came.
     #[error("some messages were refused")]
     Refused,
-    #[error("cannot read stdin: {0}")]
-    Stdin(io::Error),
+    #[error("cannot read stdin")]
+    Stdin(#[source] io::Error),
     #[error("`mist bench` is not a client command")]
     NotAClientCommand,
 }

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     match commands::run(addr, admin_token.as_deref(), cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mist: {e}");
+            eprintln!("mist: {}", ErrorChain(&e));
             ExitCode::from(1)
         }
     }

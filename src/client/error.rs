@@ -14,6 +14,9 @@ use std::time::Duration;
 /// [`Timeout`](Error::Timeout). After any other, the connection is gone: connect again (see
 /// `examples/follow.rs`).
 ///
+/// `Display` says what failed; the cause, when there is one, is the error's
+/// [`source`](std::error::Error::source) ([`ErrorChain`](crate::ErrorChain) prints both).
+///
 /// ```
 /// use mist::client::{Client, Error, ServerErrorKind};
 ///
@@ -37,8 +40,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No connection could be made to any address `addr` resolves to.
-    #[error("cannot connect to {addr}: {source}")]
+    /// No connection could be made to any address `addr` resolves to; `source` says why
+    /// (for the last address tried).
+    #[error("cannot connect to {addr}")]
     Connect {
         addr: String,
         #[source]
@@ -56,8 +60,12 @@ pub enum Error {
     /// [`ping`](super::Client::ping) found that the server refused `count` of the messages
     /// published since the previous `ping`; `first` says why it refused the first. Everything
     /// else sent before the `ping` was applied.
-    #[error("the server refused {count} published message(s): {first}")]
-    Refused { count: u64, first: ServerError },
+    #[error("the server refused {count} published message(s)")]
+    Refused {
+        count: u64,
+        #[source]
+        first: ServerError,
+    },
     /// No reply within the read timeout ([`Options::read_timeout`](super::Options::read_timeout)).
     /// The command may still take effect; a later reply is matched to it and discarded.
     #[error("no reply from the server within {0:?}")]
@@ -69,7 +77,7 @@ pub enum Error {
     #[error("the connection was closed by this client")]
     Shutdown,
     /// Reading from or writing to the connection failed.
-    #[error("connection to the server failed: {0}")]
+    #[error("connection to the server failed")]
     Io(#[source] io::Error),
     /// The peer sent a line that is not mist's line protocol, or a reply that matches no
     /// command. The connection was closed.
@@ -228,7 +236,6 @@ impl ServerErrorKind {
             ("too many subscriptions", TooManySubscriptions),
             ("too many connections", TooManyConnections),
             ("token store unavailable", StoreUnavailable),
-            ("cannot use PostgreSQL", StoreUnavailable),
             ("unknown command", BadCommand),
             ("usage: ", BadCommand),
             ("empty command", BadCommand),
@@ -259,8 +266,10 @@ mod tests {
         use ServerErrorKind::*;
         assert_eq!(kind(&StoreError::UnknownToken.to_string()), UnknownToken);
         assert_eq!(kind(&StoreError::TokenExists.to_string()), TokenExists);
+        // The server sends an error with its causes.
+        let unavailable = StoreError::Unavailable("down".into());
         assert_eq!(
-            kind(&StoreError::Unavailable("down".into()).to_string()),
+            kind(&crate::report::ErrorChain(&unavailable).to_string()),
             StoreUnavailable
         );
         let remote = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));

@@ -249,7 +249,7 @@ mod tests {
     fn got(rx: &Receiver<Result<Answer, Error>>) -> String {
         match rx.try_recv() {
             Ok(Ok(a)) => format!("{a:?}"),
-            Ok(Err(e)) => format!("error: {e}"),
+            Ok(Err(e)) => format!("error: {}", crate::report::ErrorChain(&e)),
             Err(_) => "nothing".into(),
         }
     }

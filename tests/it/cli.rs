@@ -4,8 +4,6 @@ use crate::support::process::{Output, Proc, mist, mist_env};
 use crate::support::{LineClient, TIMEOUT, TestServer};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::thread;
-use std::time::Instant;
 
 /// `mist --tcp-addr ADDR ARGS`.
 fn client(addr: SocketAddr, args: &[&str]) -> Output {
@@ -40,20 +38,6 @@ fn subscriber(server: &TestServer, tags: &str) -> LineClient {
     c.send(&format!("subscribe {tags}"));
     c.ping();
     c
-}
-
-/// Waits until the server holds `n` subscriptions (a subprocess's `subscribe` has no other
-/// observable effect to wait for).
-fn wait_for_subscriptions(server: &TestServer, n: u64) {
-    let m = &server.context().metrics();
-    let deadline = Instant::now() + TIMEOUT;
-    while m.subscriptions.load(Ordering::Relaxed) != n {
-        assert!(
-            Instant::now() < deadline,
-            "subscription count never reached {n}"
-        );
-        thread::yield_now();
-    }
 }
 
 #[test]
@@ -127,7 +111,7 @@ fn subscribe_prints_the_data_of_each_delivery() {
     let server = TestServer::start();
     let addr = server.tcp.to_string();
     let cli = Proc::spawn(&["--tcp-addr", &addr, "subscribe", "b,a"], &[], None);
-    wait_for_subscriptions(&server, 1);
+    server.wait_for_subscriptions(1);
     let mut publ = server.client();
     publ.send("publish c,b,a hello  world ");
     publ.send("publish a only-a");
@@ -149,7 +133,7 @@ fn subscribe_with_tags_prints_tags_and_data() {
         &[],
         None,
     );
-    wait_for_subscriptions(&server, 1);
+    server.wait_for_subscriptions(1);
     let mut publ = server.client();
     publ.send("publish c,a,b x y");
     publ.send("publish a ");
@@ -163,7 +147,7 @@ fn subscribe_ends_with_code_1_when_the_server_goes_away() {
     let server = TestServer::start();
     let addr = server.tcp.to_string();
     let mut cli = Proc::spawn(&["--tcp-addr", &addr, "subscribe", "a"], &[], None);
-    wait_for_subscriptions(&server, 1);
+    server.wait_for_subscriptions(1);
     server.stop();
     let status = cli.wait(TIMEOUT);
     assert_eq!(status.code(), Some(1));

@@ -78,6 +78,20 @@ impl TestServer {
         self.server.as_ref().expect("running").context()
     }
 
+    /// Waits until the server holds `n` subscriptions (a subscriber in another process, or
+    /// behind a library's reconnection logic, has no other observable effect to wait for).
+    pub fn wait_for_subscriptions(&self, n: u64) {
+        let m = self.context().metrics();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while get(&m.subscriptions) != n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "subscription count never reached {n}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// Shuts the server down now.
     pub fn stop(mut self) {
         if let Some(s) = self.server.take() {
