@@ -19,11 +19,13 @@
 //!
 //! A connection has one reader thread, the only reader of the socket. It puts deliveries and
 //! slow-consumer notices into a bounded queue that [`Client::recv`] takes from, and hands each
-//! reply to the command waiting for it. Commands are written under a lock that is held only
-//! while writing, so one thread can publish while another blocks in `recv` and a third asks
-//! for [`Client::list`]. [`Client`] is a cheap handle: clone it to give each thread its own.
+//! reply to the command waiting for it. [`Client`] is a cheap handle for one thread: clone it
+//! to give each thread its own, so that one publishes while another blocks in `recv` and a
+//! third asks for [`Client::list`]. Lines are written under a lock that is held only while
+//! writing, never while waiting.
 //!
-//! Publishes are buffered and not answered; every other command waits for its reply.
+//! Publishes are buffered in their handle, without a lock, and not answered; every other
+//! command waits for its reply.
 //! See `examples/follow.rs` for following a tag stream across reconnections, and
 //! `examples/pipe.rs` for publishing lines from stdin.
 //!
@@ -53,6 +55,7 @@ use buffer::Buffer;
 use inbox::{Inbox, Limits};
 use parking_lot::Mutex;
 use replies::{Answer, End, Replies, Waiting};
+use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -244,8 +247,9 @@ impl Options {
         self
     }
 
-    /// How many bytes of commands are buffered before they are written without a
-    /// [`Client::flush`].
+    /// How many bytes of publishes a handle buffers before it writes them without a
+    /// [`Client::flush`] (each clone has a buffer of its own, allocated when it first
+    /// publishes).
     ///
     /// ```
     /// use mist::client::Options;
@@ -332,8 +336,7 @@ impl Options {
         let reader = reader::spawn(Arc::clone(&sock), Arc::clone(&shared), max_receive)?;
         let client = Client {
             inner: Arc::new(Inner {
-                writer: Mutex::new(Writer {
-                    out: Buffer::new(Sock(Arc::clone(&sock)), self.write_buffer),
+                wire: Mutex::new(Wire {
                     unpinged: false,
                     closed: false,
                 }),
@@ -342,6 +345,7 @@ impl Options {
                 options: self.clone(),
                 reader: Mutex::new(Some(reader)),
             }),
+            pending: RefCell::new(Buffer::new(self.write_buffer)),
         };
         Ok((client, hello))
     }
@@ -428,10 +432,16 @@ mod private {
 
 /// A connection to a mist server over the line protocol.
 ///
-/// Every method takes `&self`, and a `Client` is a cheap handle on the connection: clone it to
-/// give another thread its own (all clones share the one connection, which closes when the
-/// last is dropped). One thread may block in [`recv`](Client::recv) while others publish or
-/// send commands; no lock is held while waiting for the server.
+/// A `Client` is a handle on the connection, used by one thread at a time (it is `Send`, not
+/// `Sync`): clone it to give another thread its own. All clones share the one connection,
+/// which closes when the last is dropped. One thread may block in [`recv`](Client::recv)
+/// while others publish or send commands on their clones; no lock is held while waiting for
+/// the server.
+///
+/// Each clone buffers its own publishes, so that publishing takes no lock: they are written
+/// when the buffer is full, or at [`flush`](Client::flush), [`ping`](Client::ping) or any
+/// other command on the same clone, or when it is dropped. A `ping` is thus a barrier for
+/// what its own clone published (and for what other clones had written by then).
 ///
 /// ```
 /// use mist::client::{Client, Event};
@@ -464,17 +474,30 @@ mod private {
 /// assert_eq!(worker.join().unwrap()?, 100);
 /// # Ok::<(), mist::client::Error>(())
 /// ```
-#[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// This handle's publishes, not yet written. A `RefCell`: a handle is used by one thread
+    /// at a time, so publishing needs no lock; the write half's lock is taken only to write
+    /// the buffer out.
+    pending: RefCell<Buffer>,
+}
+
+impl Clone for Client {
+    /// Another handle on the same connection, with a buffer of its own.
+    fn clone(&self) -> Client {
+        Client {
+            inner: Arc::clone(&self.inner),
+            pending: RefCell::new(Buffer::new(self.inner.options.write_buffer)),
+        }
+    }
 }
 
 /// The connection behind every clone of a [`Client`].
 struct Inner {
-    /// The write half. A mutex: lines of concurrent callers must not interleave, and the order
-    /// of the waiting replies must be the order on the wire. Held while writing, never while
-    /// waiting for a reply.
-    writer: Mutex<Writer>,
+    /// The write half. A mutex: the lines of concurrent handles must not interleave, and the
+    /// order of the waiting replies must be the order on the wire. Held while writing, never
+    /// while waiting for a reply.
+    wire: Mutex<Wire>,
     sock: Arc<TcpStream>,
     shared: Arc<Shared>,
     options: Options,
@@ -512,27 +535,13 @@ impl Shared {
     }
 }
 
-/// The write half of the connection.
-struct Writer {
-    out: Buffer<Sock>,
+/// The state of the write half (the socket itself is written through `&TcpStream`).
+struct Wire {
     /// Publishes were written since the last `ping`: another command must send one first,
     /// so that an `error` for a publish cannot be taken for the command's.
     unpinged: bool,
     /// [`Client::close`] was called.
     closed: bool,
-}
-
-/// The shared socket as a `Write` (`&TcpStream` writes; one descriptor serves both halves).
-struct Sock(Arc<TcpStream>);
-
-impl Write for Sock {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0).write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 impl Client {
@@ -556,8 +565,9 @@ impl Client {
 
     /// Publishes `data` with `tags` to every client subscribed to a subset of them.
     ///
-    /// The line is buffered: it goes out when the buffer is full, or at [`flush`](Self::flush),
-    /// [`ping`](Self::ping) or any other command. The server does not answer a publish; the
+    /// The line is buffered in this handle: it goes out when the buffer is full, or at
+    /// [`flush`](Self::flush), [`ping`](Self::ping) or any other command on this handle, or
+    /// when the handle is dropped. The server does not answer a publish; the
     /// next `ping` reports the ones it refused (which, with the tags and data checked here,
     /// happens only when its limits are lower than this client's [`Options`]).
     ///
@@ -589,13 +599,17 @@ impl Client {
         let o = &self.inner.options;
         let tags = tags.checked(o.max_tags)?;
         wire::check_data(tags.len(), data, o.max_line_bytes)?;
-        let mut w = self.inner.writer.lock();
-        self.usable(&w)?;
-        w.unpinged = true;
-        w.out.publish(tags, data).map_err(|e| self.broken(&e))
+        self.open()?;
+        let line = [b"publish ".as_slice(), tags.as_bytes(), b" ", data, b"\n"];
+        if self.pending.borrow_mut().try_append(&line) {
+            return Ok(());
+        }
+        // The buffer is full (or the line longer than all of it): out with both.
+        self.send(&line, None)
     }
 
-    /// Sends what is buffered. It does not wait for the server: [`ping`](Self::ping) does.
+    /// Sends what this handle buffered. It does not wait for the server:
+    /// [`ping`](Self::ping) does.
     ///
     /// ```
     /// # let server = mist::doc_server();
@@ -609,14 +623,16 @@ impl Client {
     /// # Errors
     /// The connection failed.
     pub fn flush(&self) -> Result<(), Error> {
-        let mut w = self.inner.writer.lock();
-        self.usable(&w)?;
-        w.out.flush().map_err(|e| self.broken(&e))
+        if self.pending.borrow().is_empty() {
+            return self.open();
+        }
+        self.send(&[], None)
     }
 
-    /// Sends what is buffered and a `ping`, and waits for the `pong`: when it returns, the
-    /// server has applied every command sent before it, and every message delivered to this
-    /// connection before the `pong` is waiting in [`recv`](Self::recv).
+    /// Sends what this handle buffered and a `ping`, and waits for the `pong`: when it
+    /// returns, the server has applied every command sent before it on this connection, and
+    /// every message delivered to the connection before the `pong` is waiting in
+    /// [`recv`](Self::recv).
     ///
     /// ```
     /// # let server = mist::doc_server();
@@ -936,9 +952,9 @@ impl Client {
         }
     }
 
-    /// Sends what is buffered, tells the server that nothing more comes, and waits (up to the
-    /// read timeout) until it has closed its side, by which time it has applied everything
-    /// sent. Events that arrived before can still be received; then `recv` fails with
+    /// Sends what this handle buffered, tells the server that nothing more comes, and waits
+    /// (up to the read timeout) until it has closed its side, by which time it has applied
+    /// everything sent. (What other clones still buffer is not sent: flush them first.) Events that arrived before can still be received; then `recv` fails with
     /// [`Error::Shutdown`], in every clone. Dropping the last clone closes the connection
     /// too, without waiting.
     ///
@@ -957,20 +973,20 @@ impl Client {
     /// the read timeout ([`Error::Timeout`]).
     pub fn close(&self) -> Result<(), Error> {
         let flushed = {
-            let mut w = self.inner.writer.lock();
-            if w.closed {
+            let mut pending = self.pending.borrow_mut();
+            let mut wire = self.inner.wire.lock();
+            if wire.closed {
                 return Ok(());
             }
-            w.closed = true;
-            if self.inner.shared.closing.load(Ordering::Acquire) {
-                // Aborted: nothing more can be sent.
-                Ok(())
-            } else {
-                let flushed = w.out.flush().map_err(|e| self.broken(&e));
-                self.inner.shared.closing.store(true, Ordering::Release);
-                let _ = self.inner.sock.shutdown(Shutdown::Write);
-                flushed
-            }
+            let flushed = match self.usable(&wire) {
+                Ok(()) => self.write_out(&mut pending, &[]),
+                // Aborted, or already ended: nothing more can be sent.
+                Err(_) => Ok(()),
+            };
+            wire.closed = true;
+            self.inner.shared.closing.store(true, Ordering::Release);
+            let _ = self.inner.sock.shutdown(Shutdown::Write);
+            flushed
         };
         let timeout = self.inner.options.read_timeout;
         if !self.inner.shared.inbox.wait_end(Instant::now() + timeout) {
@@ -1045,28 +1061,56 @@ impl Client {
         waiting: impl FnOnce(replies::Reply) -> Waiting,
     ) -> Result<Answer, Error> {
         let (tx, rx) = mpsc::sync_channel(1);
-        {
-            let mut w = self.inner.writer.lock();
-            self.usable(&w)?;
-            // The entries go in before their lines are written: a reply cannot come first.
+        self.send(lines, Some((waiting(tx), end_publishes)))?;
+        self.wait(&rx)
+    }
+
+    /// Writes this handle's buffered publishes, then `lines`, under the write half's lock.
+    /// With `waiting`, `lines` are a command that gets a reply: its entry is queued before
+    /// anything is written (a reply cannot come first), and with `end_publishes` a run of
+    /// publishes not yet followed by a `ping` gets one before it, so that their refusals
+    /// cannot be taken for the command's.
+    fn send(&self, lines: &[&[u8]], waiting: Option<(Waiting, bool)>) -> Result<(), Error> {
+        let mut pending = self.pending.borrow_mut();
+        let mut wire = self.inner.wire.lock();
+        self.usable(&wire)?;
+        // The buffer holds publishes only: commands are written as soon as they are added.
+        wire.unpinged |= !pending.is_empty() || (waiting.is_none() && !lines.is_empty());
+        let mut end_run = false;
+        if let Some((waiting, end_publishes)) = waiting {
             let mut replies = self.inner.shared.replies.lock();
-            let end_run = end_publishes && w.unpinged;
+            end_run = end_publishes && wire.unpinged;
             if end_run {
                 replies.push(Waiting::Ping(None))?;
             }
-            replies.push(waiting(tx))?;
-            drop(replies);
-            w.unpinged = false;
-            let out = &mut w.out;
-            let mut written = if end_run { out.line(b"ping\n") } else { Ok(()) };
-            for line in lines {
-                written = written.and_then(|()| out.line(line));
-            }
-            written
-                .and_then(|()| out.flush())
-                .map_err(|e| self.broken(&e))?;
+            replies.push(waiting)?;
+            // Every command with a reply ends with a line the server answers after what
+            // came before it.
+            wire.unpinged = false;
         }
-        self.wait(&rx)
+        if end_run {
+            self.write_out(&mut pending, &[b"ping\n"])?;
+        }
+        self.write_out(&mut pending, lines)
+    }
+
+    /// Writes the buffer and `parts` (one line, or whole lines), in as few writes as they
+    /// fit in. Called under the write half's lock.
+    fn write_out(&self, pending: &mut Buffer, parts: &[&[u8]]) -> Result<(), Error> {
+        let mut sock = &*self.inner.sock;
+        let mut written = Ok(());
+        if !parts.is_empty() && !pending.try_append(parts) {
+            written = sock.write_all(pending.bytes());
+            pending.clear();
+            if written.is_ok() && !pending.try_append(parts) {
+                written = sock.write_all(&parts.concat());
+            }
+        }
+        if written.is_ok() && !pending.is_empty() {
+            written = sock.write_all(pending.bytes());
+        }
+        pending.clear();
+        written.map_err(|e| self.broken(&e))
     }
 
     /// Waits for a command's answer, at most the read timeout.
@@ -1079,13 +1123,23 @@ impl Client {
         }
     }
 
-    /// Fails when the connection can no longer be written to.
-    fn usable(&self, w: &Writer) -> Result<(), Error> {
-        if w.closed || self.inner.shared.closing.load(Ordering::Acquire) {
+    /// Fails when the connection can no longer be written to. Under the write half's lock.
+    fn usable(&self, wire: &Wire) -> Result<(), Error> {
+        if wire.closed {
             return Err(Error::Shutdown);
         }
-        if self.inner.shared.ended.load(Ordering::Acquire) {
-            return Err(self.inner.shared.end_error());
+        self.open()
+    }
+
+    /// Fails when the connection has been closed or has ended; takes no lock.
+    #[inline]
+    fn open(&self) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        if shared.closing.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        if shared.ended.load(Ordering::Acquire) {
+            return Err(shared.end_error());
         }
         Ok(())
     }
@@ -1114,14 +1168,21 @@ impl fmt::Debug for Client {
     }
 }
 
-impl Drop for Inner {
-    /// The last clone is gone: send what is buffered and close our side. The reader thread
-    /// reads on until the server closes its side, so the connection ends cleanly (closing a
-    /// socket with unread data would reset it), then exits by itself.
+impl Drop for Client {
+    /// Sends what this handle buffered.
     fn drop(&mut self) {
-        let w = self.writer.get_mut();
-        if !w.closed && !self.shared.closing.load(Ordering::Acquire) {
-            let _ = w.out.flush();
+        if !self.pending.get_mut().is_empty() {
+            let _ = self.flush();
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// The last clone is gone: close our side. The reader thread reads on until the server
+    /// closes its side, so the connection ends cleanly (closing a socket with unread data
+    /// would reset it), then exits by itself.
+    fn drop(&mut self) {
+        if !self.shared.closing.load(Ordering::Acquire) {
             self.shared.closing.store(true, Ordering::Release);
             let _ = self.sock.shutdown(Shutdown::Write);
         }

@@ -40,10 +40,36 @@ fn message(tags: &str, data: &[u8]) -> Event {
     })
 }
 
+/// A client goes to another thread, or gives it a clone.
 #[test]
-fn clients_are_send_and_sync() {
-    fn send_sync<T: Send + Sync + Clone>() {}
-    send_sync::<Client>();
+fn clients_are_send_and_clone() {
+    fn send_clone<T: Send + Clone>() {}
+    send_clone::<Client>();
+}
+
+/// Each clone buffers its own publishes: a `ping` is a barrier for its own, and a clone's
+/// commands (or its drop) send only its own.
+#[test]
+fn each_clone_has_its_own_buffer() -> Result<(), Error> {
+    let server = TestServer::start();
+    let mut watcher = server.client();
+    watcher.send("subscribe a");
+    watcher.ping();
+    let c = connect(server.tcp);
+    let other = c.clone();
+    other.publish("a", "from the clone")?;
+    c.publish("a", "from the first")?;
+    c.ping()?;
+    assert_eq!(watcher.sync(), ["publish a from the first"]);
+    // A command on the clone sends its publish first, then gets its own answer.
+    assert!(other.list()?.is_empty());
+    assert_eq!(watcher.sync(), ["publish a from the clone"]);
+    other.publish("a", "dropped unflushed")?;
+    drop(other);
+    // Written by the drop, before the first handle's `ping` on the same connection.
+    c.ping()?;
+    assert_eq!(watcher.sync(), ["publish a dropped unflushed"]);
+    Ok(())
 }
 
 #[test]
