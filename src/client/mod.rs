@@ -604,7 +604,12 @@ impl Client {
         if self.pending.borrow_mut().try_append(&line) {
             return Ok(());
         }
-        // The buffer is full (or the line longer than all of it): out with both.
+        // The buffer is full: write it out, and start the next one with this line (or, when
+        // the line is longer than the whole buffer, write it too).
+        self.send(&[], None)?;
+        if self.pending.borrow_mut().try_append(&line) {
+            return Ok(());
+        }
         self.send(&line, None)
     }
 
