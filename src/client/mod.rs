@@ -1253,3 +1253,51 @@ pub fn doc_server_with(config: crate::Config) -> crate::Server {
     crate::Server::start(config, Box::new(crate::auth::memory::MemoryStore::new()))
         .expect("a server on ephemeral loopback ports starts")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    /// A peer that answers the first `ping` and then reads everything.
+    fn peer() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            (&stream).write_all(b"pong\n").unwrap();
+            let _ = io::copy(&mut r, &mut io::sink());
+        });
+        addr
+    }
+
+    /// Regression, fixed by "Client: a publish that fills the buffer starts the next one
+    /// instead of being written alone": a publish that did not fit was written right after
+    /// the full buffer, in a write of its own, doubling the writes.
+    #[test]
+    fn a_publish_that_does_not_fit_starts_the_next_buffer() {
+        let c = Options::new()
+            .write_buffer(100)
+            .read_timeout(Duration::from_secs(10))
+            .connect(peer())
+            .unwrap();
+        // `publish a ` + 19 bytes + `\n` = 30 bytes: three fit in 100.
+        let data = |i: u8| [b'0' + i; 19];
+        for i in 0..3 {
+            c.publish("a", data(i)).unwrap();
+        }
+        assert_eq!(c.pending.borrow().bytes().len(), 90);
+        c.publish("a", data(3)).unwrap();
+        assert_eq!(
+            c.pending.borrow().bytes(),
+            b"publish a 3333333333333333333\n"
+        );
+        // A line longer than the whole buffer goes out at once, with nothing left behind.
+        c.publish("a", [b'x'; 200]).unwrap();
+        assert!(c.pending.borrow().is_empty());
+    }
+}
