@@ -482,7 +482,7 @@ fn open_client(o: &Options, deadline: Deadline) -> Result<Client, client::Error>
         .read_timeout(left)
         .write_buffer(PUBLISH_BUFFER)
         .max_tags(usize::MAX)
-        .connect(o.tcp_addr.as_str())
+        .connect(o.pub_addr.as_deref().unwrap_or(&o.tcp_addr))
 }
 
 fn tag_set(list: &str) -> Result<TagSet, BenchError> {
