@@ -164,8 +164,9 @@ pub(crate) fn run(ctx: &Arc<Context>, conn: Conn, sock: Arc<TcpStream>, key: &[u
     session.read_loop(ws, &sock);
     drop(session);
     // Another thread may still be writing the queue, our close frame last: shutting the socket
-    // down before that would end the connection without a closing handshake.
-    out.wait_closed();
+    // down before that would end the connection without a closing handshake. The writer thread
+    // ends with the connection's reader, so that shutdown waits for both.
+    out.join_writer();
     // Our close frame is out: read what the client still sends, so closing the socket does
     // not reset the connection before the client has read it.
     net::linger(&sock);
