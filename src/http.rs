@@ -13,7 +13,7 @@ use crate::metrics;
 use crate::net;
 use crate::pending::Refusal;
 use crate::report::ErrorChain;
-use crate::ws;
+use crate::ws::{self, TokenError};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use std::io::{self, Read, Write};
@@ -248,18 +248,6 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         headers,
         rest: buf[used..].to_vec(),
     }))
-}
-
-/// Why a WebSocket request has no usable token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    /// Neither the header nor the query parameter is there.
-    #[error("missing token")]
-    Missing,
-    /// The token that wins (the header when there is one, else the query parameter) is not
-    /// valid UTF-8, so it cannot be any registered token.
-    #[error("invalid token encoding")]
-    Encoding,
 }
 
 /// The token of a WebSocket request: the `X-Auth-Token` header, else the `x-auth-token` query

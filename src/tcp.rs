@@ -61,8 +61,11 @@ fn run(ctx: &Arc<Context>, slot: Slot, sock: Arc<TcpStream>, peer: SocketAddr) {
     };
     session.read_loop(&sock);
     // The client is gone or closed its side: dropping the session stops deliveries and lets
-    // what is queued be written before the socket closes.
+    // what is queued be written before the socket closes. The writer thread ends with this one,
+    // so that shutdown, which waits for this thread, waits for both.
+    let out = Arc::clone(&session.conn.sub.out);
     drop(session);
+    out.join_writer();
     log::debug!("{peer}: disconnected");
 }
 

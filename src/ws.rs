@@ -16,7 +16,6 @@
 use crate::auth::AccessError;
 use crate::brake;
 use crate::context::{Conn, Context, Slot};
-use crate::http::TokenError;
 use crate::metrics;
 use crate::net;
 use crate::report::ErrorChain;
@@ -33,6 +32,18 @@ use tungstenite::{Message, WebSocket};
 
 /// Close code for a text frame that is not UTF-8 (RFC 6455, 7.4.1).
 const CLOSE_INVALID_DATA: u16 = 1007;
+
+/// Why a WebSocket request has no usable token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Neither the header nor the query parameter is there.
+    #[error("missing token")]
+    Missing,
+    /// The token that wins (the header when there is one, else the query parameter) is not
+    /// valid UTF-8, so it cannot be any registered token.
+    #[error("invalid token encoding")]
+    Encoding,
+}
 
 /// Why a WebSocket upgrade was refused: the HTTP response to answer it with.
 pub(crate) struct Refused {
@@ -164,8 +175,9 @@ pub(crate) fn run(ctx: &Arc<Context>, conn: Conn, sock: Arc<TcpStream>, key: &[u
     session.read_loop(ws, &sock);
     drop(session);
     // Another thread may still be writing the queue, our close frame last: shutting the socket
-    // down before that would end the connection without a closing handshake.
-    out.wait_closed();
+    // down before that would end the connection without a closing handshake. The writer thread
+    // ends with the connection's reader, so that shutdown waits for both.
+    out.join_writer();
     // Our close frame is out: read what the client still sends, so closing the socket does
     // not reset the connection before the client has read it.
     net::linger(&sock);

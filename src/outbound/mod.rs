@@ -42,6 +42,7 @@ use std::collections::VecDeque;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::Range;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The wire format of a connection.
@@ -104,6 +105,10 @@ pub struct Outbound {
     work: Condvar,
     /// Wakes a reader waiting for its reply backlog to shrink, or for the connection to close.
     drained: Condvar,
+    /// The writer thread, once started, for [`join_writer`](Outbound::join_writer). A mutex
+    /// of its own: held while the thread is started and when it is joined, never with
+    /// `state`.
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Outbound {
@@ -136,6 +141,7 @@ impl Outbound {
             }),
             work: Condvar::new(),
             drained: Condvar::new(),
+            writer: Mutex::new(None),
         })
     }
 
@@ -389,6 +395,20 @@ impl Outbound {
         let mut st = self.state.lock();
         while !st.closed {
             self.drained.wait(&mut st);
+        }
+    }
+
+    /// Waits until the connection is closed (see [`wait_closed`](Self::wait_closed)) and its
+    /// writer thread, if one was started, has ended: the connection's reader thread calls it
+    /// last, so that a connection's threads end together and shutdown, waiting for the
+    /// readers, waits for the writers too.
+    pub fn join_writer(&self) {
+        self.wait_closed();
+        // Once closed, no writer is started any more; one being started right now holds the
+        // mutex until its handle is in.
+        let writer = self.writer.lock().take();
+        if let Some(handle) = writer {
+            let _ = handle.join();
         }
     }
 

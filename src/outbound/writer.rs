@@ -27,13 +27,18 @@ impl Outbound {
         st.writer_started = true;
         drop(st);
         let me = Arc::clone(self);
+        let mut writer = self.writer.lock();
         let spawned = thread::Builder::new()
             .name(self.writer_name.clone())
             .stack_size(WRITER_STACK)
             .spawn(move || me.run_writer());
-        if let Err(e) = spawned {
-            log::error!("{}: cannot start a writer thread ({e}); closing", self.peer);
-            self.close();
+        match spawned {
+            Ok(handle) => *writer = Some(handle),
+            Err(e) => {
+                drop(writer);
+                log::error!("{}: cannot start a writer thread ({e}); closing", self.peer);
+                self.close();
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 //! requests, the page only cannot read the answers. The whole 127.0.0.0/8 range is loopback,
 //! so a second client address is 127.0.0.2.
 
+use crate::support::http::{raw_connect, raw_upgrade_from};
 use crate::support::process::Proc;
 use crate::support::{LineClient, TestServer, connect_from, expect_error, get, try_ws_connect};
 use mist::Context;
@@ -33,10 +34,6 @@ fn line_client_from(from: IpAddr, addr: SocketAddr) -> LineClient {
         reader: BufReader::new(stream.try_clone().unwrap()),
         stream,
     }
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST), addr)
 }
 
 /// Reads until the server closes. A reset is not a clean close: it fails the test, since it
@@ -101,7 +98,7 @@ fn request_head(method: &str, eol: &str) -> Vec<u8> {
 /// Sends `bytes` at once on a new connection to the line port; the server must answer with
 /// exactly the one error line and close.
 fn send_expecting_refusal(t: &Target, bytes: &[u8]) -> TcpStream {
-    let mut s = connect(t.server.tcp);
+    let mut s = raw_connect(t.server.tcp);
     s.write_all(bytes).unwrap();
     assert_eq!(
         read_until_closed(&mut s),
@@ -193,7 +190,7 @@ fn a_long_browser_request_gets_the_error_line_and_a_clean_close() {
     ));
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(&body);
-    let mut s = connect(t.server.tcp);
+    let mut s = raw_connect(t.server.tcp);
     // The server stops reading, so the body may not all be taken: write from a thread.
     let mut w = s.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
@@ -295,7 +292,7 @@ fn a_form_post_to_the_http_port_runs_nothing() {
                 "Origin: http://evil.example\r\nAccess-Control-Request-Method: PUT\r\n",
             ),
         ] {
-            let mut s = connect(t.server.http);
+            let mut s = raw_connect(t.server.http);
             let req = format!(
                 "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Content-Length: {}\r\n\r\n",
                 SMUGGLED.len()
@@ -315,7 +312,7 @@ fn a_form_post_to_the_http_port_runs_nothing() {
         }
     }
     // A GET (an image tag, a link) gets its answer, without CORS headers either.
-    let mut s = connect(t.server.http);
+    let mut s = raw_connect(t.server.http);
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\n\r\n")
         .unwrap();
     let resp = read_until_closed(&mut s);
@@ -444,25 +441,6 @@ fn a_wrong_auth_after_a_right_one_drops_the_admin_rights() {
     c.expect("error unknown token");
 }
 
-/// An upgrade request by hand from `from`, with the token in the header; the response head.
-fn upgrade_from(from: IpAddr, http: SocketAddr, token: &str) -> String {
-    let mut s = connect_from(from, http);
-    let req = format!(
-        "GET /subscribe/websocket HTTP/1.1\r\nHost: mist\r\nConnection: Upgrade\r\n\
-         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Auth-Token: {token}\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut b).expect("a response head before the timeout");
-        assert_eq!(n, 1, "closed in the response head: {head:?}");
-        head.push(b[0]);
-    }
-    String::from_utf8(head).unwrap()
-}
-
 /// Ten unknown tokens get 401; then every upgrade from that address gets 429 with
 /// `Retry-After`, a valid token too, before its token is looked at; another address
 /// upgrades as usual.
@@ -490,7 +468,7 @@ fn unknown_websocket_tokens_lock_the_address_out() {
         Some(429)
     );
     let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let head = upgrade_from(local, server.http, "tok");
+    let head = raw_upgrade_from(local, server.http, "tok", &[]).1;
     assert!(
         head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
         "{head}"
@@ -504,7 +482,7 @@ fn unknown_websocket_tokens_lock_the_address_out() {
     assert_eq!(get(&m.auth_refused_websocket), 3);
     assert_eq!(get(&m.auth_failures), 10);
 
-    let head = upgrade_from(OTHER, server.http, "tok");
+    let head = raw_upgrade_from(OTHER, server.http, "tok", &[]).1;
     assert!(
         head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
         "{head}"
@@ -523,7 +501,7 @@ fn the_brake_and_the_http_refusals_are_in_metrics() {
         c.expect(WRONG);
     }
     c.expect(LOCKED_OUT);
-    let mut s = connect(server.tcp);
+    let mut s = raw_connect(server.tcp);
     s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(read_until_closed(&mut s), HTTP_REFUSED);
     let text = server.context().metrics().render();
@@ -567,7 +545,7 @@ fn guessing_and_cross_protocol_requests_do_not_flood_the_log() {
         assert_eq!(status, Some(if i < 10 { 401 } else { 429 }), "upgrade {i}");
     }
     for _ in 0..50 {
-        let mut s = connect(d.tcp());
+        let mut s = raw_connect(d.tcp());
         s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(read_until_closed(&mut s), HTTP_REFUSED);
     }

@@ -207,7 +207,8 @@ fn shutdown_leaves_no_connection_thread_behind() {
     assert_eq!(ctx.connections(), 0, "every slot is given back");
     assert_eq!(get(&ctx.metrics().tcp_connections), 0);
     assert_eq!(get(&ctx.metrics().ws_connections), 0);
-    // A thread's last act is to say so; the kernel takes a moment more to remove it.
+    // Readers joined their writers before they said they ended; the kernel takes a moment
+    // more to remove a thread that has ended.
     wait_threads("every mist thread to end", |t| t.is_empty());
     drop((admin, mid_line, stalled, ws));
 }

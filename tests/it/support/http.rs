@@ -132,7 +132,17 @@ pub fn upgrade_request_bytes(query: &str, extra: &[u8]) -> Vec<u8> {
 /// Upgrades a raw connection by hand and returns it with the response head (read byte by
 /// byte, so nothing after the head is consumed).
 pub fn raw_upgrade(http: SocketAddr, token: &str, headers: &[(&str, &str)]) -> (TcpStream, String) {
-    let mut s = raw_connect(http);
+    raw_upgrade_from(IpAddr::from([127, 0, 0, 1]), http, token, headers)
+}
+
+/// [`raw_upgrade`] from the local address `from`.
+pub fn raw_upgrade_from(
+    from: IpAddr,
+    http: SocketAddr,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> (TcpStream, String) {
+    let mut s = connect_from(from, http);
     s.write_all(&upgrade_request("", Some(token), headers))
         .unwrap();
     let mut head = Vec::new();
