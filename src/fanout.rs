@@ -113,7 +113,7 @@ impl Fanout {
                 }
                 let cached = self.cache.as_ref().expect("just filled");
                 for sub in &cached.subs {
-                    if sub.out.enqueue(&batch, run.start..run.end) > 0 {
+                    if sub.out.enqueue(&batch, run.start..run.end) {
                         self.touched.push(Arc::clone(&sub.out));
                     }
                 }

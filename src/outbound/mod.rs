@@ -14,7 +14,10 @@
 //!
 //! # Layout
 //!
-//! - `queue`: the queue as plain data: items, budgets, drops and notices, revocation (pure).
+//! - `queue`: the queue as plain data: items, budgets, drops and notices, revocation, and the
+//!   pool of bytes all queues count in (pure).
+//! - `memory`: the pool and the queues counting in it, to push out the largest when a short
+//!   queue finds the pool full.
 //! - `io`: writing items to a `Sink` (the socket): partial writes, `WouldBlock`, `EINTR`.
 //! - `writer`: the writer thread.
 //! - here: the [`Outbound`] handle, which keeps the queue and the connection's state under one
@@ -29,6 +32,7 @@
 //!   dropped only when the queue is at `max_msgs` messages or `max_bytes` bytes.
 
 mod io;
+mod memory;
 mod queue;
 mod writer;
 
@@ -43,6 +47,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub use memory::Memory;
+pub use queue::Pool;
 
 /// The wire format of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,14 +126,16 @@ impl Outbound {
             Transport::Tcp => "tcp",
             Transport::WebSocket => "ws",
         };
-        Arc::new(Outbound {
+        let pool = Arc::clone(&metrics.queue_memory.pool);
+        let memory = Arc::clone(&metrics);
+        let out = Arc::new(Outbound {
             writer_name: format!("mist-{kind}-w {peer}"),
             transport,
             limits,
             metrics,
             peer,
             state: Mutex::new(State {
-                queue: Queue::new(transport, limits),
+                queue: Queue::new(transport, limits, pool),
                 busy: false,
                 writer_started: false,
                 closing: false,
@@ -136,7 +145,9 @@ impl Outbound {
             }),
             work: Condvar::new(),
             drained: Condvar::new(),
-        })
+        });
+        memory.queue_memory.join(&out);
+        out
     }
 
     /// The connection's wire format.
@@ -152,20 +163,35 @@ impl Outbound {
     /// Queues messages `run` of a batch (a run of messages with the same tags), dropping the
     /// newest of them when the queue is full. Never blocks on the socket and never writes: the
     /// caller calls [`flush`](Self::flush) once it has queued everything (and after releasing
-    /// any broker lock). Returns how many were queued.
-    pub fn enqueue(&self, batch: &Arc<Batch>, run: Range<usize>) -> u64 {
+    /// any broker lock). Returns whether anything was queued (deliveries, or a notice of
+    /// their loss), that is whether the client needs a flush.
+    pub fn enqueue(&self, batch: &Arc<Batch>, run: Range<usize>) -> bool {
         // Encoded before taking the lock (the first WebSocket subscriber of a batch pays for
         // its frames), so the writer is never kept waiting on it.
         let enc = queue::encoded(batch, self.transport);
         let mut st = self.state.lock();
         if st.closed || st.closing {
-            return 0;
+            return false;
+        }
+        let mut done = st.queue.enqueue(batch, enc, run.clone(), true);
+        if let Some(need) = done.short {
+            // The pool is full, and this client holds less than the largest: make room by
+            // pushing out theirs (other queues' locks, so not under this one), then again.
+            drop(st);
+            self.metrics.queue_memory.make_room(self, need);
+            st = self.state.lock();
+            if st.closed || st.closing {
+                return false;
+            }
+            done = st.queue.enqueue(batch, enc, run, false);
         }
         let Enqueued {
             queued,
             dropped,
+            pooled_out,
             notice,
-        } = st.queue.enqueue(batch, enc, run);
+            ..
+        } = done;
         if let Some(n) = notice {
             self.noticed(n);
         }
@@ -173,8 +199,11 @@ impl Outbound {
         metrics::add(&self.metrics.deliveries, queued as u64);
         if dropped > 0 {
             metrics::add(&self.metrics.drops, dropped as u64);
+            if pooled_out > 0 {
+                metrics::add(&self.metrics.drops_memory_limit, pooled_out as u64);
+            }
         }
-        queued as u64
+        queued > 0 || notice.is_some()
     }
 
     /// Counts and logs a slow-consumer notice for `n` lost messages.
