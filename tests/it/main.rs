@@ -14,6 +14,7 @@ mod hostile;
 mod http_limits;
 mod matching;
 mod pg;
+mod pressure;
 mod security;
 mod shutdown;
 mod smoke;
