@@ -54,7 +54,9 @@ pub struct Config {
     pub max_connections: usize,
     pub max_subscriptions: usize,
     pub ws_ping_interval: u64,
-    pub publisher_pacing: u64,
+    /// Accepted for compatibility with older configs and not used (publishers are never
+    /// slowed down by subscribers); a warning is logged when set.
+    pub publisher_pacing: Option<u64>,
     /// Seconds a write to a client may make no progress before the client is disconnected.
     pub write_timeout: u64,
     /// Seconds an HTTP client has to send its whole request head.
@@ -89,7 +91,7 @@ impl Default for Config {
             max_connections: 10_000,
             max_subscriptions: 10_000,
             ws_ping_interval: 30,
-            publisher_pacing: 25,
+            publisher_pacing: None,
             write_timeout: 30,
             http_head_timeout: 10,
             ws_allowed_origins: Vec::new(),
@@ -266,7 +268,7 @@ impl Config {
             "max_connections" => self.max_connections = number(value, 1, 1_000_000)?,
             "max_subscriptions" => self.max_subscriptions = number(value, 1, 100_000_000)?,
             "ws_ping_interval" => self.ws_ping_interval = number(value, 1, 3600)? as u64,
-            "publisher_pacing" => self.publisher_pacing = number(value, 0, 1000)? as u64,
+            "publisher_pacing" => self.publisher_pacing = Some(number(value, 0, 1000)? as u64),
             "write_timeout" => self.write_timeout = number(value, 1, 3600)? as u64,
             "http_head_timeout" => self.http_head_timeout = number(value, 1, 3600)? as u64,
             "ws_allowed_origins" => self.ws_allowed_origins = origins(value)?,
@@ -487,8 +489,9 @@ mod tests {
             c.ws_allowed_origins,
             ["https://app.example", "http://localhost:8080", "null"]
         );
-        let c = parse("publisher_pacing 0\n").unwrap();
-        assert_eq!(c.publisher_pacing, 0);
+        // Still accepted from older configs, and not used.
+        let c = parse("publisher_pacing 25\n").unwrap();
+        assert_eq!(c.publisher_pacing, Some(25));
     }
 
     #[test]

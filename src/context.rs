@@ -129,7 +129,6 @@ impl Context {
             reply_backlog: 2 * self.config.max_line_bytes.max(64 * 1024),
             // A batch is at most one read buffer: a longest line, or the bulk read size.
             max_item_bytes: crate::framing::max_buffer(self.config.max_line_bytes),
-            pacing: Duration::from_millis(self.config.publisher_pacing),
         }
     }
 

@@ -50,10 +50,6 @@ pub struct Metrics {
     pub write_timeouts: AtomicU64,
     /// `error` replies and WebSocket failure replies sent.
     pub errors_sent: AtomicU64,
-    /// Times a publisher waited for a subscriber that was behind.
-    pub pacing_waits: AtomicU64,
-    /// Such waits that reached their deadline with the subscriber still behind.
-    pub pacing_gave_up: AtomicU64,
     /// This node's name (`node_name`), once the server has started.
     pub(crate) node_name: OnceLock<String>,
     /// The cluster bus's counters, when the node is part of a cluster.
@@ -197,18 +193,6 @@ impl Metrics {
             "counter",
             "Connections closed because the peer stopped reading.",
             &[("", g(&self.write_timeouts))],
-        );
-        metric(
-            "mist_pacing_waits_total",
-            "counter",
-            "Times a publisher waited for a subscriber that was behind but draining fast.",
-            &[("", g(&self.pacing_waits))],
-        );
-        metric(
-            "mist_pacing_gave_up_total",
-            "counter",
-            "Waits that ended at publisher_pacing with the subscriber still behind.",
-            &[("", g(&self.pacing_gave_up))],
         );
         metric(
             "mist_errors_sent_total",

@@ -38,7 +38,6 @@ mod writer;
 
 use crate::message::Batch;
 use crate::metrics::{self, Metrics};
-use crate::pacing::Drain;
 use io::{Outcome, Round, Written};
 use parking_lot::{Condvar, Mutex};
 use queue::{Enqueued, Item, Queue, Released};
@@ -46,7 +45,7 @@ use std::collections::VecDeque;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use memory::Memory;
 pub use queue::Pool;
@@ -72,9 +71,6 @@ pub struct Limits {
     /// The most bytes one queued delivery item can be charged: a batch's buffer holds at most
     /// one read of the connection (see `framing.rs`).
     pub max_item_bytes: usize,
-    /// The longest a publisher waits per batch for a subscriber that is behind but draining
-    /// fast (see [`Outbound::pace`]); zero turns pacing off.
-    pub pacing: Duration,
 }
 
 struct State {
@@ -88,8 +84,6 @@ struct State {
     closing: bool,
     /// Done: nothing more is written and the writer thread exits.
     closed: bool,
-    /// How fast the writes drain the queue, and since when it has been behind (see `pace`).
-    drain: Drain,
     /// The socket, until the connection is closed. Publishers may keep an `Outbound` in a
     /// match cache after its client left; dropping the socket here lets its descriptor close.
     sock: Option<Arc<TcpStream>>,
@@ -140,7 +134,6 @@ impl Outbound {
                 writer_started: false,
                 closing: false,
                 closed: false,
-                drain: Drain::default(),
                 sock: Some(sock),
             }),
             work: Condvar::new(),
@@ -250,27 +243,21 @@ impl Outbound {
     }
 
     /// Writes what is queued without blocking, unless another thread is already writing. What
-    /// the socket does not take is left to the writer thread.
-    ///
-    /// Returns true when the client is then more than half way to its limits, which is when
-    /// a publisher should consider [`pace`](Self::pace).
-    pub fn flush(self: &Arc<Self>) -> bool {
+    /// the socket does not take is left to the writer thread: a publisher never waits for a
+    /// subscriber.
+    pub fn flush(self: &Arc<Self>) {
         let mut st = self.state.lock();
         if st.busy || st.closed || st.queue.is_empty() {
-            return self.note_behind(&mut st);
+            return;
         }
         let Some(sock) = st.sock.clone() else {
-            return false;
+            return;
         };
         st.busy = true;
         let mut batch = VecDeque::new();
         let offset = st.queue.take(&mut batch);
-        // A small queue that the socket takes at once is the common case, and pacing learns
-        // nothing from it: the clock is read only when there is a backlog to time.
-        let timed = st.queue.msgs() > self.limits.max_msgs / 4;
         drop(st);
 
-        let started = timed.then(Instant::now);
         let round = Round {
             block: false,
             limit: usize::MAX,
@@ -285,43 +272,25 @@ impl Outbound {
 
         let mut st = self.state.lock();
         st.busy = false;
-        if let Some(started) = started.filter(|_| done > 0) {
-            note_progress(&mut st, started, &batch, done);
-        } else if done < batch.len() {
-            // The socket filled up: from now on the queue is timed.
-            note_progress(&mut st, Instant::now(), &batch, done);
-        }
         self.account(&mut st, batch.drain(..done));
         if st.closed {
             self.account(&mut st, batch.drain(..));
-            return false;
+            return;
         }
         if let Outcome::Failed(e) = outcome {
             log::debug!("{}: write failed: {e}", self.peer);
             self.account(&mut st, batch.drain(..));
             self.fail(&mut st);
-            return false;
+            return;
         }
         // The socket is full: the rest goes back in front of anything queued meanwhile.
         st.queue.put_back(&mut batch, offset);
         self.notice_if_room(&mut st);
-        let behind = self.note_behind(&mut st);
         if !st.queue.is_empty() {
             self.wake_writer(st);
         } else if st.closing {
             self.finish(&mut st);
         }
-        behind
-    }
-
-    /// Whether the client is behind, recording when it fell behind if it just did. The clock
-    /// is read only then: a stalled client is found behind on every batch.
-    fn note_behind(&self, st: &mut State) -> bool {
-        let behind = st.queue.behind();
-        if behind && !st.drain.is_behind() {
-            st.drain.behind(Instant::now());
-        }
-        behind
     }
 
     /// Everything is written and the connection is closing: half-close so the peer reads it
@@ -333,43 +302,6 @@ impl Outbound {
         st.closed = true;
         self.work.notify_all();
         self.drained.notify_all();
-    }
-
-    /// Flow control for subscribers that keep up: waits, at most `pacing`, while this client's
-    /// queue is more than half full but draining fast enough to be down to a quarter in time
-    /// (the rule is in [`crate::pacing`]). Returns at once for a client that drains slowly or
-    /// not at all, so a slow subscriber never makes a publisher wait for long: its newer
-    /// messages are dropped instead. Called by a publisher after it has queued and flushed a
-    /// batch, holding no lock.
-    pub fn pace(&self) {
-        let pacing = self.limits.pacing;
-        if pacing.is_zero() {
-            return;
-        }
-        let mut st = self.state.lock();
-        if !st.queue.behind() {
-            return;
-        }
-        let deadline = st.drain.deadline(Instant::now(), pacing);
-        let mut waited = false;
-        loop {
-            if st.closed || st.queue.caught_up() {
-                return;
-            }
-            let now = Instant::now();
-            let backlog = st.queue.backlog();
-            if !st.drain.worth_waiting(now, deadline, backlog, pacing) {
-                if waited && now >= deadline {
-                    metrics::add(&self.metrics.pacing_gave_up, 1);
-                }
-                return;
-            }
-            if !waited {
-                waited = true;
-                metrics::add(&self.metrics.pacing_waits, 1);
-            }
-            self.drained.wait_until(&mut st, deadline);
-        }
     }
 
     /// Marks the connection for closing once everything queued is written, after `last` (for
@@ -450,7 +382,7 @@ impl Outbound {
             return;
         }
         let released = st.queue.discard_deliveries();
-        self.released(&mut st, released);
+        self.released(released);
         st.queue.push_reply(last);
         st.closing = true;
         drop(st);
@@ -460,15 +392,12 @@ impl Outbound {
     /// Releases the budget of items that were written or discarded.
     fn account(&self, st: &mut State, gone: impl Iterator<Item = Item>) {
         let released = st.queue.release(gone);
-        self.released(st, released);
+        self.released(released);
     }
 
-    /// Acts on what releasing items freed: pacing learns the client caught up, and waiting
-    /// readers and publishers look again.
-    fn released(&self, st: &mut State, released: Released) {
-        if released.caught_up {
-            st.drain.caught_up();
-        }
+    /// Acts on what releasing items freed: readers waiting for their replies to be read look
+    /// again.
+    fn released(&self, released: Released) {
         if released.drained {
             self.drained.notify_all();
         }
@@ -482,7 +411,7 @@ impl Outbound {
         st.closed = true;
         st.closing = true;
         let released = st.queue.clear();
-        self.released(st, released);
+        self.released(released);
         if let Some(sock) = st.sock.take() {
             let _ = sock.shutdown(Shutdown::Both);
         }
@@ -497,10 +426,3 @@ impl std::fmt::Debug for Outbound {
     }
 }
 
-/// Records that a write started at `started` delivered the first `done` items of `batch`.
-fn note_progress(st: &mut State, started: Instant, batch: &VecDeque<Item>, done: usize) {
-    let msgs = queue::delivered(batch, done);
-    if msgs > 0 {
-        st.drain.progress(started, Instant::now(), msgs);
-    }
-}

@@ -212,11 +212,6 @@ impl Item {
     }
 }
 
-/// Messages delivered by the first `done` of `items`.
-pub(super) fn delivered(items: &VecDeque<Item>, done: usize) -> usize {
-    items.range(..done).map(|it| it.budget().0).sum()
-}
-
 /// What [`Queue::enqueue`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Enqueued {
@@ -239,9 +234,7 @@ pub(super) struct Enqueued {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub(super) struct Released {
-    /// Deliveries are down to a quarter of both limits: the client caught up (see `pacing`).
-    pub caught_up: bool,
-    /// Readers waiting for reply room, or publishers pacing, may go on.
+    /// Readers waiting for their replies to be read may go on.
     pub drained: bool,
 }
 
@@ -297,7 +290,8 @@ impl Queue {
     }
 
     /// Deliveries waiting, taken ones included.
-    pub(super) fn msgs(&self) -> usize {
+    #[cfg(test)]
+    fn msgs(&self) -> usize {
         self.msgs
     }
 
@@ -525,10 +519,8 @@ impl Queue {
                 delivery => self.forget(&delivery),
             }
         }
-        let quarter = self.msgs <= self.limits.max_msgs / 4;
         Released {
-            caught_up: quarter && self.bytes <= self.limits.max_bytes / 4,
-            drained: self.replies <= self.limits.reply_backlog || quarter,
+            drained: self.replies <= self.limits.reply_backlog,
         }
     }
 
@@ -553,21 +545,6 @@ impl Queue {
         };
         self.push_reply(bytes);
         n
-    }
-
-    /// More than half way to a limit: where pacing starts to consider waiting.
-    pub(super) fn behind(&self) -> bool {
-        self.msgs > self.limits.max_msgs / 2 || self.bytes > self.limits.max_bytes / 2
-    }
-
-    /// Down to a quarter of both limits: where a pacing publisher stops waiting.
-    pub(super) fn caught_up(&self) -> bool {
-        self.msgs <= self.limits.max_msgs / 4 && self.bytes <= self.limits.max_bytes / 4
-    }
-
-    /// Messages beyond a quarter of the limit: what a pacing publisher waits to see written.
-    pub(super) fn backlog(&self) -> usize {
-        self.msgs.saturating_sub(self.limits.max_msgs / 4)
     }
 
     /// Removes queued deliveries whose tags (comma-joined) `keep` refuses. Taken items are on
@@ -625,7 +602,6 @@ mod tests {
             write_timeout: Duration::from_secs(1),
             reply_backlog: 100,
             max_item_bytes: 64,
-            pacing: Duration::ZERO,
         }
     }
 
@@ -989,7 +965,7 @@ mod tests {
         q.take(&mut taken);
         q.put_back(&mut taken, 4);
         let released = q.discard_deliveries();
-        assert!(released.caught_up && released.drained);
+        assert!(released.drained);
         assert_eq!(q.items.len(), 2);
         assert_eq!(text(&drain_all(&mut q)), "ish a 1\npong\n");
         assert_eq!((q.msgs, q.bytes, q.replies), (0, 0, 0));
@@ -1013,18 +989,6 @@ mod tests {
         );
         let _ = q.release(taken.into_iter());
         assert_eq!((q.msgs, q.bytes), (0, 0));
-    }
-
-    #[test]
-    fn pacing_thresholds() {
-        let mut q = Queue::new(Transport::Tcp, limits(8, 1_000_000), unlimited());
-        let msgs: Vec<(&str, &str)> = vec![("a", "1"); 8];
-        let b = batch(&msgs);
-        enqueue(&mut q, &b, 0..2);
-        assert!(!q.behind() && q.caught_up() && q.backlog() == 0);
-        enqueue(&mut q, &b, 2..5);
-        assert!(q.behind() && !q.caught_up());
-        assert_eq!(q.backlog(), 3);
     }
 
     /// A message's data: its id, padded to `len` bytes, so reordering or duplication shows.
@@ -1234,11 +1198,9 @@ mod tests {
         }
 
         fn released(&self) -> Released {
-            let (msgs, bytes, replies) = self.counts();
-            let l = self.limits;
+            let (_, _, replies) = self.counts();
             Released {
-                caught_up: msgs <= l.max_msgs / 4 && bytes <= l.max_bytes / 4,
-                drained: replies <= l.reply_backlog || msgs <= l.max_msgs / 4,
+                drained: replies <= self.limits.reply_backlog,
             }
         }
 
