@@ -1839,8 +1839,8 @@ def main():
     print(f"fds        before {base_fds}, peak {peak_fds}, after {end_fds}")
     print(f"messages   published {published} (server counted {fm.get('mist_messages_published_total', 'n/a')}); "
           f"delivered to clients {STATS['delivered']} (server queued {fm.get('mist_deliveries_total', 'n/a')}, "
-          f"dropped {fm.get('mist_drops_total', 'n/a')}); publishers paced {fm.get('mist_pacing_waits_total', 'n/a')} "
-          f"times, gave up {fm.get('mist_pacing_gave_up_total', 'n/a')}")
+          f"dropped {fm.get('mist_drops_total', 'n/a')}, of which for queue_memory_limit "
+          f"{fm.get('mist_drops_memory_limit_total', 'n/a')})")
     print(f"healthy    {STATS['healthy_sessions']} subscriber sessions, {STATS['healthy_owed']} owed "
           f"deliveries checked, {STATS['healthy_missing']} lost")
     print(f"stalled    {STATS['stalled_sessions']} sessions, {STATS['stalls']} stalls; "

@@ -276,8 +276,8 @@ pub struct Bench {
     #[argh(option)]
     pub http_addr: Option<String>,
 
-    /// subscriber connections (default: 100, or 1 for fanin and index, 5000 for conns),
-    /// e.g. --subs 10
+    /// subscriber connections that read as fast as they can (default: 100, or 1 for fanin
+    /// and index, 5000 for conns; 0 is allowed with --stalled or --slow), e.g. --subs 10
     #[argh(option)]
     pub subs: Option<usize>,
 
@@ -327,6 +327,20 @@ pub struct Bench {
     /// anyone down; reported apart from the others (default 0), e.g. --stalled 2
     #[argh(option, default = "0")]
     pub stalled: usize,
+
+    /// extra TCP subscribers that read slowly: --slow-read bytes at a time, then a pause of
+    /// --slow-pause milliseconds; reported apart from the others (default 0), e.g. --slow 3
+    #[argh(option, default = "0")]
+    pub slow: usize,
+
+    /// bytes a --slow subscriber takes per read (default 65536), e.g. --slow-read 4096
+    #[argh(option, default = "65536")]
+    pub slow_read: usize,
+
+    /// milliseconds a --slow subscriber pauses after each read (default 2), e.g.
+    /// --slow-pause 10
+    #[argh(option, default = "2.0")]
+    pub slow_pause: f64,
 
     /// connect: WebSocket connections to open and keep open (default 1000), e.g. --conns 5000
     #[argh(option, default = "1000")]

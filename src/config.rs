@@ -46,12 +46,17 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub client_queue: usize,
     pub client_queue_bytes: usize,
+    /// Bytes of deliveries all clients' queues may hold together; `None`: a quarter of the
+    /// memory the server may use, found at start (see [`Config::queue_memory_limit_for`]).
+    pub queue_memory_limit: Option<usize>,
     pub max_line_bytes: usize,
     pub max_tags: usize,
     pub max_connections: usize,
     pub max_subscriptions: usize,
     pub ws_ping_interval: u64,
-    pub publisher_pacing: u64,
+    /// Accepted for compatibility with older configs and not used (publishers are never
+    /// slowed down by subscribers); a warning is logged when set.
+    pub publisher_pacing: Option<u64>,
     /// Seconds a write to a client may make no progress before the client is disconnected.
     pub write_timeout: u64,
     /// Seconds an HTTP client has to send its whole request head.
@@ -78,14 +83,15 @@ impl Default for Config {
             node_name: None,
             multicast_interface: None,
             admin_token: None,
-            client_queue: 16384,
+            client_queue: 1 << 20,
             client_queue_bytes: 64 << 20,
+            queue_memory_limit: None,
             max_line_bytes: 1 << 20,
             max_tags: crate::tags::DEFAULT_MAX_TAGS,
             max_connections: 10_000,
             max_subscriptions: 10_000,
             ws_ping_interval: 30,
-            publisher_pacing: 25,
+            publisher_pacing: None,
             write_timeout: 30,
             http_head_timeout: 10,
             ws_allowed_origins: Vec::new(),
@@ -119,6 +125,9 @@ pub struct Overrides {
 
 /// The smallest `max_line_bytes` that still fits a useful command.
 const MIN_LINE_BYTES: usize = 64;
+
+/// The smallest `queue_memory_limit`: room for a few ordinary batches.
+const MIN_QUEUE_MEMORY: usize = 1 << 20;
 
 impl Config {
     /// Reads and validates a config file.
@@ -188,6 +197,16 @@ impl Config {
         Ok(())
     }
 
+    /// `queue_memory_limit` in bytes: as configured, or a quarter of `memory`, the bytes of
+    /// memory the server may use (the machine's, or its control group's when lower).
+    pub fn queue_memory_limit_for(&self, memory: u64) -> usize {
+        self.queue_memory_limit.unwrap_or_else(|| {
+            usize::try_from(memory / 4)
+                .unwrap_or(usize::MAX)
+                .max(MIN_QUEUE_MEMORY)
+        })
+    }
+
     /// Applies the command-line overrides.
     ///
     /// # Errors
@@ -241,12 +260,15 @@ impl Config {
             }
             "client_queue" => self.client_queue = number(value, 1, 1 << 24)?,
             "client_queue_bytes" => self.client_queue_bytes = number(value, 1024, 1 << 40)?,
+            "queue_memory_limit" => {
+                self.queue_memory_limit = Some(number(value, MIN_QUEUE_MEMORY, 1 << 50)?);
+            }
             "max_line_bytes" => self.max_line_bytes = number(value, MIN_LINE_BYTES, 1 << 30)?,
             "max_tags" => self.max_tags = number(value, 1, 4096)?,
             "max_connections" => self.max_connections = number(value, 1, 1_000_000)?,
             "max_subscriptions" => self.max_subscriptions = number(value, 1, 100_000_000)?,
             "ws_ping_interval" => self.ws_ping_interval = number(value, 1, 3600)? as u64,
-            "publisher_pacing" => self.publisher_pacing = number(value, 0, 1000)? as u64,
+            "publisher_pacing" => self.publisher_pacing = Some(number(value, 0, 1000)? as u64),
             "write_timeout" => self.write_timeout = number(value, 1, 3600)? as u64,
             "http_head_timeout" => self.http_head_timeout = number(value, 1, 3600)? as u64,
             "ws_allowed_origins" => self.ws_allowed_origins = origins(value)?,
@@ -427,6 +449,7 @@ mod tests {
                     admin_token s3cret\n\
                     client_queue 10\n\
                     client_queue_bytes 4096\n\
+                    queue_memory_limit 134217728\n\
                     max_line_bytes 100\n\
                     max_tags 4\n\
                     max_connections 7\n\
@@ -459,13 +482,37 @@ mod tests {
             (10, 4096, 100, 4, 7)
         );
         assert_eq!((c.max_subscriptions, c.ws_ping_interval), (9, 5));
+        assert_eq!(c.queue_memory_limit, Some(128 << 20));
+        assert_eq!(c.queue_memory_limit_for(1 << 40), 128 << 20);
         assert_eq!((c.write_timeout, c.http_head_timeout), (7, 3));
         assert_eq!(
             c.ws_allowed_origins,
             ["https://app.example", "http://localhost:8080", "null"]
         );
-        let c = parse("publisher_pacing 0\n").unwrap();
-        assert_eq!(c.publisher_pacing, 0);
+        // Still accepted from older configs, and not used.
+        let c = parse("publisher_pacing 25\n").unwrap();
+        assert_eq!(c.publisher_pacing, Some(25));
+    }
+
+    #[test]
+    fn queue_memory_limit_is_bytes_and_defaults_to_a_quarter_of_memory() {
+        let d = Config::default();
+        assert_eq!((d.client_queue, d.client_queue_bytes), (1 << 20, 64 << 20));
+        assert_eq!(d.queue_memory_limit, None);
+        assert_eq!(d.queue_memory_limit_for(24 << 30), 6 << 30);
+        // Never below the smallest value a config may give.
+        assert_eq!(d.queue_memory_limit_for(1 << 20), 1 << 20);
+        for (bad, reason) in [
+            ("1048575", "1048575 is out of range (1048576..=1125899906842624)"),
+            ("64MiB", "'64MiB' is not a whole number"),
+            ("-1", "'-1' is not a whole number"),
+        ] {
+            let e = parse(&format!("queue_memory_limit {bad}\n")).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("test.conf:1: queue_memory_limit: {reason}")
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::metrics::{self, Metrics};
 use crate::net;
-use crate::outbound::{Limits, Outbound, Transport};
+use crate::outbound::{Limits, Memory, Outbound, Transport};
 use crate::pending::PendingHeads;
 use crate::tags::TagSet;
 use parking_lot::{Condvar, Mutex};
@@ -47,7 +47,11 @@ impl Context {
     /// connections itself and hands them to [`crate::serve`] (see `examples/embed.rs`).
     /// [`crate::Server::start`] builds its context with this.
     pub fn new(config: Config, store: Box<dyn TokenStore>) -> Arc<Context> {
-        let metrics = Arc::new(Metrics::default());
+        let limit = config.queue_memory_limit_for(usable_memory());
+        let metrics = Arc::new(Metrics {
+            queue_memory: Arc::new(Memory::new(limit)),
+            ..Metrics::default()
+        });
         let broker = Broker::new(Arc::clone(&metrics), config.max_subscriptions);
         let tokens = Tokens::new(store, broker.clone(), Arc::clone(&metrics));
         Arc::new(Context {
@@ -125,7 +129,6 @@ impl Context {
             reply_backlog: 2 * self.config.max_line_bytes.max(64 * 1024),
             // A batch is at most one read buffer: a longest line, or the bulk read size.
             max_item_bytes: crate::framing::max_buffer(self.config.max_line_bytes),
-            pacing: Duration::from_millis(self.config.publisher_pacing),
         }
     }
 
@@ -243,6 +246,28 @@ impl Context {
             Transport::WebSocket => &self.metrics.ws_connections,
         }
     }
+}
+
+/// The bytes of memory this process may use: the machine's, or its control group's limit
+/// (`memory.max`, cgroup v2) when that is lower, as in a container or under a systemd unit
+/// with `MemoryMax`. `queue_memory_limit` defaults to a quarter of it.
+pub fn usable_memory() -> u64 {
+    // SAFETY: sysconf only reads the system's configuration.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let physical = match (u64::try_from(pages), u64::try_from(page)) {
+        (Ok(pages), Ok(page)) if pages > 0 && page > 0 => pages.saturating_mul(page),
+        // Unknown: as if the machine had 4 GiB, a 1 GiB bound on all queues.
+        _ => 4 << 30,
+    };
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    cgroup.map_or(physical, |c| c.min(physical))
 }
 
 /// Why [`Context::publish`] refused a message.

@@ -52,9 +52,7 @@ impl Fanout {
     }
 
     /// An empty batch for messages received from other nodes: they are not relayed back to
-    /// the bus, and delivering them never waits for a subscriber (no pacing: the bus's
-    /// listener must keep reading, and a subscriber that falls behind loses the newer
-    /// messages, as the protocol says).
+    /// the bus. (Delivering never waits for a subscriber, for them as for local publishers.)
     pub fn from_bus(broker: Broker) -> Fanout {
         Fanout {
             local: false,
@@ -113,7 +111,7 @@ impl Fanout {
                 }
                 let cached = self.cache.as_ref().expect("just filled");
                 for sub in &cached.subs {
-                    if sub.out.enqueue(&batch, run.start..run.end) > 0 {
+                    if sub.out.enqueue(&batch, run.start..run.end) {
                         self.touched.push(Arc::clone(&sub.out));
                     }
                 }
@@ -124,16 +122,10 @@ impl Fanout {
                 .sort_unstable_by_key(|o| Arc::as_ptr(o) as usize);
             self.touched.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
-        // Keep only the subscribers that are behind after their flush: the ones to pace.
-        self.touched.retain(|out| out.flush());
-        if !self.local {
-            self.touched.clear();
-        }
-        // Subscribers that keep up but are behind get a moment to catch up (bounded, and never
-        // for slow ones): publishers go at the speed deliveries are made, instead of losing
-        // messages a healthy subscriber would have taken a millisecond later.
+        // Never waits: what a socket does not take now stays queued for the writer thread,
+        // and a subscriber whose queue is full loses the newer messages.
         for out in self.touched.drain(..) {
-            out.pace();
+            out.flush();
         }
         self.runs.clear();
     }

@@ -30,7 +30,6 @@
 //! - `broker`: the subscription index and matching; no I/O.
 //! - `fanout`: a publishing connection's batch of messages and their delivery.
 //! - `outbound`: a client's bounded queue, drop counting and writer thread.
-//! - `pacing`: when a publisher waits for a subscriber that is behind (pure).
 //! - `context`: what connections share: [`Context`], `max_connections` slots, the
 //!   connection registry, and the guards that give a connection's resources back.
 //! - `net`: socket options, thread stacks, the open-files limit, the lingering close.
@@ -73,7 +72,6 @@ mod message;
 mod metrics;
 mod net;
 mod outbound;
-mod pacing;
 mod pending;
 mod relay;
 mod report;

@@ -86,6 +86,12 @@ fn serve(args: &Args) -> ExitCode {
             "multicast_interface is ignored: nodes share publishes through `cluster postgres`"
         );
     }
+    if config.publisher_pacing.is_some() {
+        log::warn!(
+            "publisher_pacing is ignored: a publisher is never slowed down by subscribers; \
+             each client's queue (client_queue_bytes) absorbs bursts"
+        );
+    }
     let store: Box<dyn TokenStore> = match config.auth_store {
         AuthStore::Memory => Box::new(MemoryStore::new()),
         AuthStore::Postgres => match PgStore::open(&config.pg) {

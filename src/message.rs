@@ -7,7 +7,9 @@
 //! frames are encoded the first time a WebSocket subscriber needs one, all at once and at most
 //! once, into a second buffer laid out the same way.
 
+use crate::outbound::Pool;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 /// Messages of a batch in one wire format, back to back.
@@ -44,6 +46,16 @@ pub struct Batch {
     tags_ends: Vec<usize>,
     /// Every message's WebSocket delivery frame, encoded on first use.
     ws: OnceLock<Encoded>,
+    /// What the batch counts for in the server's queue memory, once a queue holds it.
+    pooled: OnceLock<Pooled>,
+}
+
+/// A batch's bytes in a [`Pool`]: counted by the first queue that takes the batch (and topped
+/// up when its WebSocket frames are added), given back when the batch is dropped, which is
+/// when the last queue holding it, or its publisher, lets go of it.
+struct Pooled {
+    pool: Arc<Pool>,
+    bytes: AtomicUsize,
 }
 
 /// Builds a [`Batch`].
@@ -92,6 +104,7 @@ impl BatchBuilder {
             lines: Encoded { bytes, starts },
             tags_ends: std::mem::take(&mut self.tags_ends),
             ws: OnceLock::new(),
+            pooled: OnceLock::new(),
         })
     }
 }
@@ -106,6 +119,36 @@ impl Batch {
     /// WebSocket frames once encoded.
     pub fn size(&self) -> usize {
         self.lines.len() + self.ws.get().map_or(0, Encoded::len)
+    }
+
+    /// Counts the batch's memory, its current [`size`](Self::size), in `pool`, as far as it is
+    /// not counted already: once however many queues hold it. False, with nothing counted,
+    /// when the pool has no room for it.
+    pub fn charge(&self, pool: &Arc<Pool>) -> bool {
+        let pooled = self.pooled.get_or_init(|| Pooled {
+            pool: Arc::clone(pool),
+            bytes: AtomicUsize::new(0),
+        });
+        debug_assert!(Arc::ptr_eq(&pooled.pool, pool), "a batch is queued on one server");
+        let size = self.size();
+        loop {
+            let had = pooled.bytes.load(Relaxed);
+            if size <= had {
+                return true;
+            }
+            if !pooled.pool.take(size - had) {
+                return false;
+            }
+            // Only the publishing thread queues a batch, so this does not race in the server;
+            // if it did, the loser gives its bytes back and looks again.
+            match pooled
+                .bytes
+                .compare_exchange(had, size, Relaxed, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(_) => pooled.pool.give(size - had),
+            }
+        }
     }
 
     /// The TCP delivery lines.
@@ -174,6 +217,14 @@ pub fn ws_json(tags: &str, data: &[u8]) -> String {
     let keys = serde_json::to_string(&keys).expect("strings always serialise");
     let data = serde_json::to_string(&data).expect("strings always serialise");
     format!(r#"{{"keys":{keys},"data":{data}}}"#)
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(p) = self.pooled.get_mut() {
+            p.pool.give(*p.bytes.get_mut());
+        }
+    }
 }
 
 impl std::fmt::Debug for Batch {

@@ -2,6 +2,7 @@
 //!
 //! Nothing here takes a lock: the publish path adds to counters once per batch of messages.
 
+use crate::outbound::Memory;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -24,8 +25,11 @@ pub struct Metrics {
     pub messages_published: AtomicU64,
     /// Messages queued for a subscriber.
     pub deliveries: AtomicU64,
-    /// Deliveries dropped because a subscriber's queue was full.
+    /// Deliveries dropped because a subscriber's queue was full, or all queues together were.
     pub drops: AtomicU64,
+    /// Of `drops`, those for `queue_memory_limit`: refused while the client's own queue had
+    /// room, or pushed out for a client holding less.
+    pub drops_memory_limit: AtomicU64,
     /// Slow-consumer notices sent.
     pub slow_consumer_notices: AtomicU64,
     /// Failed admin authentications and refused WebSocket tokens or origins.
@@ -46,14 +50,13 @@ pub struct Metrics {
     pub write_timeouts: AtomicU64,
     /// `error` replies and WebSocket failure replies sent.
     pub errors_sent: AtomicU64,
-    /// Times a publisher waited for a subscriber that was behind.
-    pub pacing_waits: AtomicU64,
-    /// Such waits that reached their deadline with the subscriber still behind.
-    pub pacing_gave_up: AtomicU64,
     /// This node's name (`node_name`), once the server has started.
     pub(crate) node_name: OnceLock<String>,
     /// The cluster bus's counters, when the node is part of a cluster.
     pub(crate) bus: OnceLock<Arc<BusMetrics>>,
+    /// The bytes queued for all clients together, and their limit: shared by every queue
+    /// (which reaches it here), and shown as gauges.
+    pub queue_memory: Arc<Memory>,
 }
 
 /// Adds to a counter.
@@ -122,8 +125,26 @@ impl Metrics {
         metric(
             "mist_drops_total",
             "counter",
-            "Deliveries dropped because a subscriber's queue was full.",
+            "Deliveries dropped because a subscriber's queue was full, or queue_memory_limit reached.",
             &[("", g(&self.drops))],
+        );
+        metric(
+            "mist_drops_memory_limit_total",
+            "counter",
+            "Deliveries dropped because all queues together were at queue_memory_limit.",
+            &[("", g(&self.drops_memory_limit))],
+        );
+        metric(
+            "mist_queued_bytes",
+            "gauge",
+            "Bytes of deliveries waiting in all clients' queues (a shared batch counts once).",
+            &[("", self.queue_memory.pool.used() as u64)],
+        );
+        metric(
+            "mist_queue_memory_limit_bytes",
+            "gauge",
+            "queue_memory_limit: the most bytes all clients' queues may hold together.",
+            &[("", self.queue_memory.pool.limit() as u64)],
         );
         metric(
             "mist_slow_consumer_notices_total",
@@ -172,18 +193,6 @@ impl Metrics {
             "counter",
             "Connections closed because the peer stopped reading.",
             &[("", g(&self.write_timeouts))],
-        );
-        metric(
-            "mist_pacing_waits_total",
-            "counter",
-            "Times a publisher waited for a subscriber that was behind but draining fast.",
-            &[("", g(&self.pacing_waits))],
-        );
-        metric(
-            "mist_pacing_gave_up_total",
-            "counter",
-            "Waits that ended at publisher_pacing with the subscriber still behind.",
-            &[("", g(&self.pacing_gave_up))],
         );
         metric(
             "mist_errors_sent_total",

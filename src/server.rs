@@ -87,6 +87,7 @@ impl Server {
             }
         };
         log::info!("node {node}");
+        log_queue_limits(&ctx);
         let mut server = Server {
             ctx,
             tcp_addr,
@@ -159,6 +160,31 @@ impl Server {
 }
 
 /// This machine's host name, or empty when it has none.
+/// Says at start how much the queues may hold, and warns about a per-client bound that the
+/// longest messages do not fit.
+fn log_queue_limits(ctx: &Context) {
+    let c = &ctx.config;
+    let limit = ctx.metrics.queue_memory.pool.limit();
+    let how = if c.queue_memory_limit.is_some() {
+        "queue_memory_limit"
+    } else {
+        "queue_memory_limit: a quarter of this machine's memory"
+    };
+    log::info!(
+        "client queues hold at most {} MiB together ({how}), {} MiB each (client_queue_bytes)",
+        limit >> 20,
+        c.client_queue_bytes >> 20
+    );
+    if c.client_queue_bytes < c.max_line_bytes {
+        log::warn!(
+            "client_queue_bytes ({}) is below max_line_bytes ({}): a message longer than a \
+             queue is never delivered, and its subscribers get a slow-consumer notice instead",
+            c.client_queue_bytes,
+            c.max_line_bytes
+        );
+    }
+}
+
 fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.

@@ -156,6 +156,10 @@ pub struct Options {
     pub compare: bool,
     /// Subscribers that never read.
     pub stalled: usize,
+    /// Subscribers that read `slow_read` bytes, then pause `slow_pause` seconds.
+    pub slow: usize,
+    pub slow_read: usize,
+    pub slow_pause: f64,
     pub conns: usize,
     pub threads: usize,
     pub sub_threads: usize,
@@ -223,6 +227,9 @@ impl Options {
             noise_conns: b.noise_conns,
             compare: b.compare,
             stalled: b.stalled,
+            slow: b.slow,
+            slow_read: b.slow_read,
+            slow_pause: b.slow_pause / 1e3,
             conns: b.conns,
             threads: b.threads,
             sub_threads: b.sub_threads.unwrap_or_else(default_sub_threads),
@@ -253,8 +260,22 @@ impl Options {
             }
             return self.check_open_files(self.conns + 8);
         }
-        if self.subs == 0 || self.pubs == 0 || self.msgs == 0 {
-            return Err(usage("--subs, --pubs and --msgs must be at least 1"));
+        if self.pubs == 0 || self.msgs == 0 {
+            return Err(usage("--pubs and --msgs must be at least 1"));
+        }
+        if self.subs == 0 && self.stalled + self.slow == 0 {
+            return Err(usage(
+                "--subs must be at least 1, unless there are --stalled or --slow subscribers",
+            ));
+        }
+        if self.slow > 0 && self.transport == Transport::Ws {
+            return Err(usage("--slow subscribers are TCP only: use --transport tcp"));
+        }
+        if self.slow_read == 0 || self.slow_read > 64 << 20 {
+            return Err(usage("--slow-read must be between 1 and 67108864 bytes"));
+        }
+        if !(self.slow_pause >= 0.0 && self.slow_pause <= 10.0) {
+            return Err(usage("--slow-pause must be between 0 and 10000 milliseconds"));
         }
         if !(self.rate >= 0.0 && self.rate <= 1e9) {
             return Err(usage("--rate must be between 0 and 1000000000"));
@@ -288,7 +309,12 @@ impl Options {
             ));
         }
         self.check_open_files(
-            self.subs + self.stalled + self.pubs + self.noise_conns.min(self.noise_subs) + 16,
+            self.subs
+                + self.stalled
+                + self.slow
+                + self.pubs
+                + self.noise_conns.min(self.noise_subs)
+                + 16,
         )
     }
 

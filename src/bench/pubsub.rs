@@ -15,7 +15,7 @@ use super::net::{self, Control, Deadline};
 use super::payload::{self, Clock, Stamp};
 use super::reader::{Conn, Plan, Reader, Role, Stats};
 use super::report::{Latency, Params, PubSub, Server};
-use super::{BenchError, Options, Transport, progress, sys};
+use super::{BenchError, Options, Transport, progress, sys, wire};
 use mist::TagSet;
 use mist::client::{self, Client};
 use std::io::{self, BufWriter, Read, Write};
@@ -74,9 +74,10 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
         &clock,
         deadline,
     )?;
-    let stalled = open_stalled(o, deadline)?;
+    let stalled = open_stalled(o, o.stalled, "stalled", deadline)?;
+    let slow_streams = open_stalled(o, o.slow, "slow", deadline)?;
     server.setup = o.server_pid.and_then(sys::memory);
-    server.conns = subs.len() + noise.len() + stalled.len();
+    server.conns = subs.len() + noise.len() + stalled.len() + slow_streams.len();
     server.noise_subs = o.noise_subs;
 
     let mut publishers = Vec::with_capacity(o.pubs);
@@ -102,6 +103,11 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let readers = spawn_readers(o, subs, drains, plan, &stop)?;
+    let slow = slow_streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, stream)| SlowReader::spawn(i, stream, o, clock, &stop))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let state = Arc::new(PublishState::default());
     let start = Arc::new(Barrier::new(o.pubs + 1));
@@ -152,6 +158,7 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
     server.cpu_secs = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
     let run_secs = clock.secs() - started;
 
+    let slow_counts = finish_slow(&slow, &state, o.idle, &clock);
     let told = hear_stalled(&stalled, o.idle);
     stop.store(true, Ordering::Relaxed);
     for link in &shutdown {
@@ -177,6 +184,9 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
     for r in readers {
         let s = r.join().map_err(|e| setup_error(format!("reading: {e}")))?;
         stats.merge(&s);
+    }
+    for s in slow {
+        let _ = s.handle.join();
     }
     drop(noise);
     drop(token);
@@ -230,23 +240,145 @@ pub fn run(o: &Options) -> Result<PubSub, BenchError> {
         run_secs,
         stalled: o.stalled,
         stalled_told: told,
+        pong_secs: (stats.pongs == o.pubs).then(|| secs(stats.last_pong)),
+        slow: o.slow,
+        slow_expected: o.slow as u64 * published,
+        slow_delivered: slow_counts.0,
+        slow_told: slow_counts.1,
     })
 }
 
-/// Subscribers that subscribe, confirm, and then never read again. (Their receive buffers are
-/// left alone: shrinking one after connecting makes TCP crawl once it is read again.)
-fn open_stalled(o: &Options, deadline: Deadline) -> Result<Vec<TcpStream>, BenchError> {
-    (0..o.stalled)
+/// `n` subscribers that subscribe and confirm, and are then left alone: stalled ones never
+/// read again, slow ones are read by a [`SlowReader`]. (Their receive buffers are left
+/// alone: shrinking one after connecting makes TCP crawl once it is read again.)
+fn open_stalled(
+    o: &Options,
+    n: usize,
+    what: &str,
+    deadline: Deadline,
+) -> Result<Vec<TcpStream>, BenchError> {
+    (0..n)
         .map(|i| {
             let mut stream = net::connect(&o.tcp_addr, deadline)
-                .map_err(|e| setup_error(format!("stalled subscriber {i}: {e}")))?;
+                .map_err(|e| setup_error(format!("{what} subscriber {i}: {e}")))?;
             stream
                 .write_all(format!("subscribe {}\nping\n", o.sub_tags).as_bytes())
                 .and_then(|()| net::await_pong(&stream, &mut Vec::new(), deadline))
-                .map_err(|e| setup_error(format!("stalled subscriber {i}: {e}")))?;
+                .map_err(|e| setup_error(format!("{what} subscriber {i}: {e}")))?;
             Ok(stream)
         })
         .collect()
+}
+
+/// What a slow subscriber has received so far. Atomics: its thread writes, the main thread
+/// polls; relaxed, because each value stands alone.
+#[derive(Default)]
+struct SlowCounts {
+    delivered: AtomicU64,
+    /// The sum of the slow-consumer notices' counts.
+    told: AtomicU64,
+    /// Clock time of the latest read that brought anything.
+    last_rx: AtomicU64,
+}
+
+/// A subscriber that reads `--slow-read` bytes at a time and pauses `--slow-pause` after
+/// each read: a reader that keeps up with a modest stream but not with a burst.
+struct SlowReader {
+    handle: thread::JoinHandle<()>,
+    counts: Arc<SlowCounts>,
+}
+
+impl SlowReader {
+    fn spawn(
+        i: usize,
+        stream: TcpStream,
+        o: &Options,
+        clock: Clock,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<SlowReader, BenchError> {
+        let counts = Arc::new(SlowCounts::default());
+        let (c, stop) = (Arc::clone(&counts), Arc::clone(stop));
+        let (read, pause) = (o.slow_read, Duration::from_secs_f64(o.slow_pause));
+        let handle = thread::Builder::new()
+            .name(format!("mist-bench-slow-{i}"))
+            .spawn(move || read_slowly(&stream, read, pause, clock, &stop, &c))
+            .map_err(|e| setup_error(format!("cannot start a slow reader: {e}")))?;
+        Ok(SlowReader { handle, counts })
+    }
+}
+
+fn read_slowly(
+    mut stream: &TcpStream,
+    read: usize,
+    pause: Duration,
+    clock: Clock,
+    stop: &AtomicBool,
+    counts: &SlowCounts,
+) {
+    // The connection helpers leave sockets non-blocking; a slow reader blocks, briefly, so
+    // that it sees the stop flag.
+    if stream.set_nonblocking(false).is_err()
+        || stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .is_err()
+    {
+        return;
+    }
+    let mut buf = vec![0u8; read];
+    let mut tail: Vec<u8> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                continue;
+            }
+            Err(_) => return,
+        };
+        tail.extend_from_slice(&buf[..n]);
+        let mut at = 0;
+        let (mut delivered, mut told) = (0, 0);
+        while let Some((line, used)) = wire::next_line(&tail[at..]) {
+            at += used;
+            match line {
+                wire::Line::Delivery(_) => delivered += 1,
+                wire::Line::Error(reason) => told += wire::dropped_count(reason).unwrap_or(0),
+                _ => {}
+            }
+        }
+        tail.drain(..at);
+        counts.delivered.fetch_add(delivered, Ordering::Relaxed);
+        counts.told.fetch_add(told, Ordering::Relaxed);
+        counts.last_rx.store(clock.now(), Ordering::Relaxed);
+        if !pause.is_zero() {
+            thread::sleep(pause);
+        }
+    }
+}
+
+/// Once the publishers are done, waits until every slow subscriber has received or been told
+/// of every message, or has received nothing for `idle` seconds. Returns the deliveries and
+/// the losses they were told of, over all slow subscribers.
+fn finish_slow(slow: &[SlowReader], state: &PublishState, idle: f64, clock: &Clock) -> (u64, u64) {
+    let idle = (idle * 1e9) as u64;
+    let sum = |f: fn(&SlowCounts) -> &AtomicU64| -> u64 {
+        slow.iter().map(|s| f(&s.counts).load(Ordering::Relaxed)).sum()
+    };
+    while !slow.is_empty() {
+        let sent = state.sent.load(Ordering::Relaxed);
+        let accounted = sum(|c| &c.delivered) + sum(|c| &c.told);
+        let last = slow
+            .iter()
+            .map(|s| s.counts.last_rx.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+            .max(state.last_end.load(Ordering::Relaxed));
+        if accounted >= sent * slow.len() as u64 || clock.now().saturating_sub(last) >= idle {
+            break;
+        }
+        thread::sleep(POLL);
+    }
+    (sum(|c| &c.delivered), sum(|c| &c.told))
 }
 
 /// After the run, reads each stalled subscriber for at most `secs` in all, until it has been
@@ -562,6 +694,8 @@ fn spawn_readers(
 #[derive(Default)]
 struct PublishState {
     finished: AtomicUsize,
+    /// Messages the finished publishers sent.
+    sent: AtomicU64,
     /// Clock time at which the latest publisher finished.
     last_end: AtomicU64,
 }
@@ -618,6 +752,7 @@ impl Publisher {
             }
         }
         state.last_end.fetch_max(out.end, Ordering::Relaxed);
+        state.sent.fetch_add(out.sent, Ordering::Relaxed);
         state.finished.fetch_add(1, Ordering::Relaxed);
         out
     }
@@ -640,7 +775,11 @@ impl Publisher {
         let (_, unsent) = w.into_parts();
         let unsent = unsent.map_or_else(|p| p.into_inner().len(), |b| b.len());
         out.sent -= unsent.div_ceil(line.len()) as u64;
-        result
+        result?;
+        // Its `pong` (read by the reader that drains this socket) says when the server had
+        // taken every message: the publisher's own view of how long publishing took.
+        let mut s = stream;
+        s.write_all(b"ping\n")
     }
 
     fn write_all(
@@ -732,18 +871,20 @@ fn watch(
     let mut next_report = clock.secs() + 1.0;
     loop {
         thread::sleep(POLL);
-        let (mut delivered, mut last_rx, mut done, mut closed) = (0, 0, 0, 0);
+        let (mut delivered, mut last_rx, mut done, mut closed, mut pongs) = (0, 0, 0, 0, 0);
         for r in readers {
             let p = &r.progress;
             delivered += p.delivered.load(Ordering::Relaxed);
             last_rx = last_rx.max(p.last_rx.load(Ordering::Relaxed));
             done += p.done.load(Ordering::Relaxed);
             closed += p.closed.load(Ordering::Relaxed);
+            pongs += p.pongs.load(Ordering::Relaxed);
         }
-        if done >= o.subs {
-            return "complete";
+        // Complete once every subscriber has everything and every publisher its `pong`.
+        if done >= o.subs && pongs >= o.pubs {
+            return if o.subs == 0 { "published" } else { "complete" };
         }
-        if done + closed >= o.subs {
+        if o.subs > 0 && done + closed >= o.subs && done < o.subs {
             return "closed";
         }
         if state.finished.load(Ordering::Relaxed) == o.pubs {

@@ -96,6 +96,8 @@ pub struct Progress {
     pub done: AtomicUsize,
     /// Subscribers the server closed before they had everything.
     pub closed: AtomicUsize,
+    /// Publishers whose final `ping` was answered.
+    pub pongs: AtomicUsize,
 }
 
 /// A reader's final counts.
@@ -114,6 +116,10 @@ pub struct Stats {
     pub subs_closed: usize,
     /// Clock time of the latest delivery.
     pub last_rx: u64,
+    /// Publishers whose final `ping` was answered, and when the last answer came: the server
+    /// had taken every message by then.
+    pub pongs: usize,
+    pub last_pong: u64,
     pub latency: Hist,
 }
 
@@ -128,6 +134,8 @@ impl Stats {
         self.bad_payloads += o.bad_payloads;
         self.subs_closed += o.subs_closed;
         self.last_rx = self.last_rx.max(o.last_rx);
+        self.pongs += o.pongs;
+        self.last_pong = self.last_pong.max(o.last_pong);
         self.latency.merge(&o.latency);
     }
 
@@ -244,6 +252,7 @@ fn read_loop(
         }
         progress.delivered.store(stats.delivered, Ordering::Relaxed);
         progress.last_rx.store(stats.last_rx, Ordering::Relaxed);
+        progress.pongs.store(stats.pongs, Ordering::Relaxed);
     }
     Ok(stats)
 }
@@ -322,6 +331,10 @@ fn parse(c: &mut Conn, data: &[u8], now: u64, stats: &mut Stats, plan: &Plan) ->
         match line {
             Line::Delivery(p) if c.is_subscriber() => deliver(c, p, now, stats, plan),
             Line::Error(reason) => stats.error(reason, wire::dropped_count(reason)),
+            Line::Pong if !c.is_subscriber() => {
+                stats.pongs += 1;
+                stats.last_pong = stats.last_pong.max(now);
+            }
             Line::Delivery(_) | Line::Pong | Line::Other(_) => {}
         }
     }

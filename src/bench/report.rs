@@ -209,6 +209,15 @@ pub struct PubSub {
     pub stalled: usize,
     /// How many of them were told of losses once read, and of how many losses.
     pub stalled_told: (usize, u64),
+    /// From the first publish to the `pong` that answered the last publisher's final `ping`:
+    /// how long the server took to take every message. `None` when a pong was missing.
+    pub pong_secs: Option<f64>,
+    /// Subscribers that read slowly (`--slow`), not counted in the figures above: what they
+    /// were owed, received, and were told they lost.
+    pub slow: usize,
+    pub slow_expected: u64,
+    pub slow_delivered: u64,
+    pub slow_told: u64,
 }
 
 fn rate(n: u64, secs: f64) -> f64 {
@@ -266,6 +275,11 @@ impl PubSub {
         put("stalled", json!(self.stalled));
         put("stalled_told", json!(self.stalled_told.0));
         put("stalled_dropped_told", json!(self.stalled_told.1));
+        put("pong_secs", opt(self.pong_secs.map(|s| round(s, 4))));
+        put("slow", json!(self.slow));
+        put("slow_expected", json!(self.slow_expected));
+        put("slow_delivered", json!(self.slow_delivered));
+        put("slow_dropped_told", json!(self.slow_told));
         put("end", json!(self.end));
         put("run_secs", json!(round(self.run_secs, 3)));
         put("setup_secs", json!(round(self.setup_secs, 3)));
@@ -320,6 +334,13 @@ impl PubSub {
                 ),
             ),
             (
+                "publisher pong".into(),
+                self.pong_secs.map_or_else(
+                    || "missing".into(),
+                    |s| format!("{s:.3} s after the first publish"),
+                ),
+            ),
+            (
                 "delivered".into(),
                 format!(
                     "{} of {} in {:.3} s = {} msg/s",
@@ -354,11 +375,23 @@ impl PubSub {
                     )
                 },
             ),
-            (
-                "client cpu".into(),
-                format!("{:.2} s", self.client_cpu_secs),
-            ),
         ];
+        if self.slow > 0 {
+            rows.push((
+                "slow".into(),
+                format!(
+                    "{} subscribers reading slowly; received {} of {}, told of {} dropped",
+                    self.slow,
+                    group(self.slow_delivered),
+                    group(self.slow_expected),
+                    group(self.slow_told)
+                ),
+            ));
+        }
+        rows.push((
+            "client cpu".into(),
+            format!("{:.2} s", self.client_cpu_secs),
+        ));
         self.server.add_rows(&mut rows, Some(self.delivered));
         let mut end = format!(
             "{} after {:.2} s (set-up {:.2} s)",

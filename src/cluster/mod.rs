@@ -7,7 +7,7 @@
 //!                 v
 //!   bounded channel ─> sender thread ─ packs records into payloads ─> Engine (NOTIFY)
 //!                                                                        │
-//!   local subscribers <─ Fanout (no pacing) <─ Inbox <─ listener thread <┘ (LISTEN)
+//!   local subscribers <─ Fanout <─ Inbox <─ listener thread <┘ (LISTEN)
 //! ```
 //!
 //! The broker knows only the [`Relay`] it hands local publishes and token changes to. The
@@ -25,7 +25,7 @@
 //! - One sender thread sends a node's payloads one unit (transaction) at a time, so they reach
 //!   every node in the order the node's publishers handed them over; a message is never split
 //!   across units.
-//! - The listener thread never waits for local subscribers (no publisher pacing) and never
+//! - The listener thread never waits for local subscribers (no publisher does), and never
 //!   holds the index lock or a queue lock while it talks to the engine.
 //! - Messages are delivered at most once: nothing is resent after a failure. While a node is
 //!   cut off it serves its own clients; what the others publish meanwhile does not reach it.

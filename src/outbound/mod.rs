@@ -14,7 +14,10 @@
 //!
 //! # Layout
 //!
-//! - `queue`: the queue as plain data: items, budgets, drops and notices, revocation (pure).
+//! - `queue`: the queue as plain data: items, budgets, drops and notices, revocation, and the
+//!   pool of bytes all queues count in (pure).
+//! - `memory`: the pool and the queues counting in it, to push out the largest when a short
+//!   queue finds the pool full.
 //! - `io`: writing items to a `Sink` (the socket): partial writes, `WouldBlock`, `EINTR`.
 //! - `writer`: the writer thread.
 //! - here: the [`Outbound`] handle, which keeps the queue and the connection's state under one
@@ -29,12 +32,12 @@
 //!   dropped only when the queue is at `max_msgs` messages or `max_bytes` bytes.
 
 mod io;
+mod memory;
 mod queue;
 mod writer;
 
 use crate::message::Batch;
 use crate::metrics::{self, Metrics};
-use crate::pacing::Drain;
 use io::{Outcome, Round, Written};
 use parking_lot::{Condvar, Mutex};
 use queue::{Enqueued, Item, Queue, Released};
@@ -43,7 +46,10 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::Range;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use memory::Memory;
+pub use queue::Pool;
 
 /// The wire format of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +72,6 @@ pub struct Limits {
     /// The most bytes one queued delivery item can be charged: a batch's buffer holds at most
     /// one read of the connection (see `framing.rs`).
     pub max_item_bytes: usize,
-    /// The longest a publisher waits per batch for a subscriber that is behind but draining
-    /// fast (see [`Outbound::pace`]); zero turns pacing off.
-    pub pacing: Duration,
 }
 
 struct State {
@@ -82,8 +85,6 @@ struct State {
     closing: bool,
     /// Done: nothing more is written and the writer thread exits.
     closed: bool,
-    /// How fast the writes drain the queue, and since when it has been behind (see `pace`).
-    drain: Drain,
     /// The socket, until the connection is closed. Publishers may keep an `Outbound` in a
     /// match cache after its client left; dropping the socket here lets its descriptor close.
     sock: Option<Arc<TcpStream>>,
@@ -124,25 +125,28 @@ impl Outbound {
             Transport::Tcp => "tcp",
             Transport::WebSocket => "ws",
         };
-        Arc::new(Outbound {
+        let pool = Arc::clone(&metrics.queue_memory.pool);
+        let memory = Arc::clone(&metrics);
+        let out = Arc::new(Outbound {
             writer_name: format!("mist-{kind}-w {peer}"),
             transport,
             limits,
             metrics,
             peer,
             state: Mutex::new(State {
-                queue: Queue::new(transport, limits),
+                queue: Queue::new(transport, limits, pool),
                 busy: false,
                 writer_started: false,
                 closing: false,
                 closed: false,
-                drain: Drain::default(),
                 sock: Some(sock),
             }),
             work: Condvar::new(),
             drained: Condvar::new(),
             writer: Mutex::new(None),
-        })
+        });
+        memory.queue_memory.join(&out);
+        out
     }
 
     /// The connection's wire format.
@@ -158,20 +162,35 @@ impl Outbound {
     /// Queues messages `run` of a batch (a run of messages with the same tags), dropping the
     /// newest of them when the queue is full. Never blocks on the socket and never writes: the
     /// caller calls [`flush`](Self::flush) once it has queued everything (and after releasing
-    /// any broker lock). Returns how many were queued.
-    pub fn enqueue(&self, batch: &Arc<Batch>, run: Range<usize>) -> u64 {
+    /// any broker lock). Returns whether anything was queued (deliveries, or a notice of
+    /// their loss), that is whether the client needs a flush.
+    pub fn enqueue(&self, batch: &Arc<Batch>, run: Range<usize>) -> bool {
         // Encoded before taking the lock (the first WebSocket subscriber of a batch pays for
         // its frames), so the writer is never kept waiting on it.
         let enc = queue::encoded(batch, self.transport);
         let mut st = self.state.lock();
         if st.closed || st.closing {
-            return 0;
+            return false;
+        }
+        let mut done = st.queue.enqueue(batch, enc, run.clone(), true);
+        if let Some(need) = done.short {
+            // The pool is full, and this client holds less than the largest: make room by
+            // pushing out theirs (other queues' locks, so not under this one), then again.
+            drop(st);
+            self.metrics.queue_memory.make_room(self, need);
+            st = self.state.lock();
+            if st.closed || st.closing {
+                return false;
+            }
+            done = st.queue.enqueue(batch, enc, run, false);
         }
         let Enqueued {
             queued,
             dropped,
+            pooled_out,
             notice,
-        } = st.queue.enqueue(batch, enc, run);
+            ..
+        } = done;
         if let Some(n) = notice {
             self.noticed(n);
         }
@@ -179,8 +198,11 @@ impl Outbound {
         metrics::add(&self.metrics.deliveries, queued as u64);
         if dropped > 0 {
             metrics::add(&self.metrics.drops, dropped as u64);
+            if pooled_out > 0 {
+                metrics::add(&self.metrics.drops_memory_limit, pooled_out as u64);
+            }
         }
-        queued as u64
+        queued > 0 || notice.is_some()
     }
 
     /// Counts and logs a slow-consumer notice for `n` lost messages.
@@ -227,27 +249,21 @@ impl Outbound {
     }
 
     /// Writes what is queued without blocking, unless another thread is already writing. What
-    /// the socket does not take is left to the writer thread.
-    ///
-    /// Returns true when the client is then more than half way to its limits, which is when
-    /// a publisher should consider [`pace`](Self::pace).
-    pub fn flush(self: &Arc<Self>) -> bool {
+    /// the socket does not take is left to the writer thread: a publisher never waits for a
+    /// subscriber.
+    pub fn flush(self: &Arc<Self>) {
         let mut st = self.state.lock();
         if st.busy || st.closed || st.queue.is_empty() {
-            return self.note_behind(&mut st);
+            return;
         }
         let Some(sock) = st.sock.clone() else {
-            return false;
+            return;
         };
         st.busy = true;
         let mut batch = VecDeque::new();
         let offset = st.queue.take(&mut batch);
-        // A small queue that the socket takes at once is the common case, and pacing learns
-        // nothing from it: the clock is read only when there is a backlog to time.
-        let timed = st.queue.msgs() > self.limits.max_msgs / 4;
         drop(st);
 
-        let started = timed.then(Instant::now);
         let round = Round {
             block: false,
             limit: usize::MAX,
@@ -262,43 +278,25 @@ impl Outbound {
 
         let mut st = self.state.lock();
         st.busy = false;
-        if let Some(started) = started.filter(|_| done > 0) {
-            note_progress(&mut st, started, &batch, done);
-        } else if done < batch.len() {
-            // The socket filled up: from now on the queue is timed.
-            note_progress(&mut st, Instant::now(), &batch, done);
-        }
         self.account(&mut st, batch.drain(..done));
         if st.closed {
             self.account(&mut st, batch.drain(..));
-            return false;
+            return;
         }
         if let Outcome::Failed(e) = outcome {
             log::debug!("{}: write failed: {e}", self.peer);
             self.account(&mut st, batch.drain(..));
             self.fail(&mut st);
-            return false;
+            return;
         }
         // The socket is full: the rest goes back in front of anything queued meanwhile.
         st.queue.put_back(&mut batch, offset);
         self.notice_if_room(&mut st);
-        let behind = self.note_behind(&mut st);
         if !st.queue.is_empty() {
             self.wake_writer(st);
         } else if st.closing {
             self.finish(&mut st);
         }
-        behind
-    }
-
-    /// Whether the client is behind, recording when it fell behind if it just did. The clock
-    /// is read only then: a stalled client is found behind on every batch.
-    fn note_behind(&self, st: &mut State) -> bool {
-        let behind = st.queue.behind();
-        if behind && !st.drain.is_behind() {
-            st.drain.behind(Instant::now());
-        }
-        behind
     }
 
     /// Everything is written and the connection is closing: half-close so the peer reads it
@@ -310,43 +308,6 @@ impl Outbound {
         st.closed = true;
         self.work.notify_all();
         self.drained.notify_all();
-    }
-
-    /// Flow control for subscribers that keep up: waits, at most `pacing`, while this client's
-    /// queue is more than half full but draining fast enough to be down to a quarter in time
-    /// (the rule is in [`crate::pacing`]). Returns at once for a client that drains slowly or
-    /// not at all, so a slow subscriber never makes a publisher wait for long: its newer
-    /// messages are dropped instead. Called by a publisher after it has queued and flushed a
-    /// batch, holding no lock.
-    pub fn pace(&self) {
-        let pacing = self.limits.pacing;
-        if pacing.is_zero() {
-            return;
-        }
-        let mut st = self.state.lock();
-        if !st.queue.behind() {
-            return;
-        }
-        let deadline = st.drain.deadline(Instant::now(), pacing);
-        let mut waited = false;
-        loop {
-            if st.closed || st.queue.caught_up() {
-                return;
-            }
-            let now = Instant::now();
-            let backlog = st.queue.backlog();
-            if !st.drain.worth_waiting(now, deadline, backlog, pacing) {
-                if waited && now >= deadline {
-                    metrics::add(&self.metrics.pacing_gave_up, 1);
-                }
-                return;
-            }
-            if !waited {
-                waited = true;
-                metrics::add(&self.metrics.pacing_waits, 1);
-            }
-            self.drained.wait_until(&mut st, deadline);
-        }
     }
 
     /// Marks the connection for closing once everything queued is written, after `last` (for
@@ -441,7 +402,7 @@ impl Outbound {
             return;
         }
         let released = st.queue.discard_deliveries();
-        self.released(&mut st, released);
+        self.released(released);
         st.queue.push_reply(last);
         st.closing = true;
         drop(st);
@@ -451,15 +412,12 @@ impl Outbound {
     /// Releases the budget of items that were written or discarded.
     fn account(&self, st: &mut State, gone: impl Iterator<Item = Item>) {
         let released = st.queue.release(gone);
-        self.released(st, released);
+        self.released(released);
     }
 
-    /// Acts on what releasing items freed: pacing learns the client caught up, and waiting
-    /// readers and publishers look again.
-    fn released(&self, st: &mut State, released: Released) {
-        if released.caught_up {
-            st.drain.caught_up();
-        }
+    /// Acts on what releasing items freed: readers waiting for their replies to be read look
+    /// again.
+    fn released(&self, released: Released) {
         if released.drained {
             self.drained.notify_all();
         }
@@ -473,7 +431,7 @@ impl Outbound {
         st.closed = true;
         st.closing = true;
         let released = st.queue.clear();
-        self.released(st, released);
+        self.released(released);
         if let Some(sock) = st.sock.take() {
             let _ = sock.shutdown(Shutdown::Both);
         }
@@ -488,10 +446,3 @@ impl std::fmt::Debug for Outbound {
     }
 }
 
-/// Records that a write started at `started` delivered the first `done` items of `batch`.
-fn note_progress(st: &mut State, started: Instant, batch: &VecDeque<Item>, done: usize) {
-    let msgs = queue::delivered(batch, done);
-    if msgs > 0 {
-        st.drain.progress(started, Instant::now(), msgs);
-    }
-}

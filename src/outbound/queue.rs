@@ -12,10 +12,16 @@
 //! Invariants (checked against a model in the tests):
 //! - Deliveries count against `max_msgs` messages and `max_bytes` bytes and never exceed them;
 //!   the newest messages that do not fit are dropped and counted.
+//! - The deliveries of all queues together count against their server's [`Pool`] and never
+//!   exceed its limit (`queue_memory_limit`); a batch that several queues share counts once.
+//!   A queue takes a delivery only while its own bytes and the delivery fit in what the pool
+//!   has free, so the queues that hold the most are the first to drop, and one that is
+//!   emptied as fast as it fills goes on receiving (see [`Queue::byte_room`]).
 //! - Replies, notices and control frames are never dropped.
 //! - A client that lost messages is told how many (`dropped N`) before its next delivery, or
 //!   once a write leaves room for any delivery again ([`notice_if_room`](Queue::notice_if_room)),
-//!   whichever comes first.
+//!   whichever comes first; at once when it lost them with nothing queued (a message larger
+//!   than it can ever take), since no write would come to announce them.
 //! - Items leave in the order they came, except that revocation and discarding remove
 //!   deliveries; a partly written item is never removed or changed.
 
@@ -25,6 +31,118 @@ use crate::{line, wsframe, wsjson};
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// The bytes of deliveries queued for all the clients of a server together, against their
+/// bound (`queue_memory_limit`). The default never refuses.
+///
+/// Queues take bytes when they admit a delivery and give them back when it is written or
+/// removed; a shared batch is counted once, by the batch itself ([`Batch::charge`]), however
+/// many queues hold it. Relaxed atomics: the count decides admissions and guards no other
+/// memory, and [`take`](Pool::take) checks and takes in one step, so the limit holds even
+/// when publishers on several threads take at once.
+#[derive(Debug)]
+pub struct Pool {
+    used: AtomicUsize,
+    limit: usize,
+    /// The most bytes one queue held when last looked at (by a push-out), raised when a queue
+    /// grows past it under pressure: a queue holding less than this that finds no room asks
+    /// for a push-out. `usize::MAX` until first looked at.
+    biggest: AtomicUsize,
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool::unlimited()
+    }
+}
+
+impl Pool {
+    /// An empty pool of `limit` bytes.
+    pub fn new(limit: usize) -> Pool {
+        Pool {
+            used: AtomicUsize::new(0),
+            limit,
+            biggest: AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    /// A pool that never refuses (for queues tested on their own).
+    pub fn unlimited() -> Pool {
+        Pool::new(usize::MAX)
+    }
+
+    /// Bytes of deliveries queued now.
+    pub fn used(&self) -> usize {
+        self.used.load(Relaxed)
+    }
+
+    /// The bound.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes not in use.
+    pub fn free(&self) -> usize {
+        self.limit.saturating_sub(self.used())
+    }
+
+    /// Takes `n` bytes if they are free; false, with nothing taken, when they are not.
+    pub fn take(&self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let before = self.used.fetch_add(n, Relaxed);
+        if before.saturating_add(n) > self.limit {
+            self.used.fetch_sub(n, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back `n` bytes taken before.
+    pub fn give(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_sub(n, Relaxed);
+        }
+    }
+
+    /// The most bytes one queue is known to hold (see the field).
+    pub fn biggest(&self) -> usize {
+        self.biggest.load(Relaxed)
+    }
+
+    /// Records what a push-out found the biggest queue to hold after it.
+    pub fn set_biggest(&self, bytes: usize) {
+        self.biggest.store(bytes, Relaxed);
+    }
+}
+
+/// The level to trim queues holding `held` bytes (largest first) down to, so that together
+/// they give up at least `short` bytes, trimming as little as possible and none below
+/// `floor`: the highest such level. `None` when trimming all of them to `floor` would not
+/// free enough. (Longest-queue push-out, as in shared-memory switches.)
+pub fn trim_level(held: &[usize], floor: usize, short: usize) -> Option<usize> {
+    debug_assert!(held.windows(2).all(|w| w[0] >= w[1]), "largest first");
+    let mut sum = 0usize;
+    for (k, &b) in held.iter().enumerate() {
+        if b <= floor {
+            break;
+        }
+        sum += b;
+        let n = k + 1;
+        // Trimming the n largest to `level` frees sum - n * level.
+        let Some(spare) = sum.checked_sub(short) else {
+            continue;
+        };
+        let level = (spare / n).min(b);
+        let next = held.get(n).copied().unwrap_or(0).max(floor);
+        if level >= next {
+            return Some(level);
+        }
+    }
+    None
+}
 
 /// One queued thing to write. Deliveries are counted against the limits (messages, and bytes:
 /// the memory the item keeps alive) and may be dropped when the queue is full; `Bytes` are
@@ -78,10 +196,8 @@ impl Item {
         match self {
             Item::Run { msgs, charge, .. } => (*msgs, *charge),
             Item::Copy {
-                buf,
-                tags_len,
-                msgs,
-            } => (*msgs, buf.len() - tags_len),
+                buf, msgs, ..
+            } => (*msgs, buf.len()),
             Item::Bytes(_) => (0, 0),
         }
     }
@@ -96,36 +212,49 @@ impl Item {
     }
 }
 
-/// Messages delivered by the first `done` of `items`.
-pub(super) fn delivered(items: &VecDeque<Item>, done: usize) -> usize {
-    items.range(..done).map(|it| it.budget().0).sum()
-}
-
 /// What [`Queue::enqueue`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Enqueued {
     /// Messages queued.
     pub queued: usize,
-    /// Messages dropped because the queue was full.
+    /// Messages dropped because the queue was full, or its share of the pool was.
     pub dropped: usize,
-    /// A slow-consumer notice for this many earlier losses was queued first.
+    /// Of those, the messages its own limits would have taken: dropped for the pool.
+    pub pooled_out: usize,
+    /// A slow-consumer notice for this many losses was queued: before the delivery, for
+    /// earlier losses, or alone, for losses with nothing queued.
     pub notice: Option<u64>,
+    /// Nothing was done: the run does not fit the pool's free bytes, though the queue holds
+    /// less than the biggest queue. The pool needs this many bytes free for it; after a
+    /// push-out, offer the run again without one.
+    pub short: Option<usize>,
 }
 
 /// What releasing items freed, for the caller to act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub(super) struct Released {
-    /// Deliveries are down to a quarter of both limits: the client caught up (see `pacing`).
-    pub caught_up: bool,
-    /// Readers waiting for reply room, or publishers pacing, may go on.
+    /// Readers waiting for their replies to be read may go on.
     pub drained: bool,
+}
+
+/// What admitting messages `first..first + n` of `batch` charges a queue: the whole batch
+/// when they are a good part of it (they share it), else their own bytes and their tags.
+fn charge_of(batch: &Batch, enc: &Encoded, first: usize, n: usize) -> usize {
+    let span = enc.span(first..first + n).len();
+    if span * 4 >= batch.size() {
+        batch.size()
+    } else {
+        batch.tags(first).len() + span
+    }
 }
 
 /// A client's queue and its budgets.
 pub(super) struct Queue {
     transport: Transport,
     limits: Limits,
+    /// The bytes of every queue of the server.
+    pool: Arc<Pool>,
     items: VecDeque<Item>,
     /// Bytes of `items[0]` already written.
     head_done: usize,
@@ -140,11 +269,12 @@ pub(super) struct Queue {
 }
 
 impl Queue {
-    /// An empty queue for a connection speaking `transport`.
-    pub(super) fn new(transport: Transport, limits: Limits) -> Queue {
+    /// An empty queue for a connection speaking `transport`, counting in `pool`.
+    pub(super) fn new(transport: Transport, limits: Limits, pool: Arc<Pool>) -> Queue {
         Queue {
             transport,
             limits,
+            pool,
             items: VecDeque::new(),
             head_done: 0,
             msgs: 0,
@@ -160,7 +290,8 @@ impl Queue {
     }
 
     /// Deliveries waiting, taken ones included.
-    pub(super) fn msgs(&self) -> usize {
+    #[cfg(test)]
+    fn msgs(&self) -> usize {
         self.msgs
     }
 
@@ -172,11 +303,16 @@ impl Queue {
     /// Queues messages `run` of `batch` (all with the same tags), whose encoding for this
     /// connection is `enc`, dropping the newest of them that do not fit. A notice for earlier
     /// losses goes first.
+    ///
+    /// With `may_push_out`, a run that the pool's free bytes cannot take, offered to a queue
+    /// that holds less than the biggest queue, is not dropped: nothing is done, and
+    /// [`Enqueued::short`] says how many bytes the pool must have free for it.
     pub(super) fn enqueue(
         &mut self,
         batch: &Arc<Batch>,
         enc: &Encoded,
         run: Range<usize>,
+        may_push_out: bool,
     ) -> Enqueued {
         debug_assert!(
             run.is_empty() || batch.tags(run.end - 1) == batch.tags(run.start),
@@ -184,7 +320,23 @@ impl Queue {
         );
         let wanted = run.len();
         let fits = wanted.min(self.limits.max_msgs.saturating_sub(self.msgs));
-        let item = self.admit(batch, enc, run.start, fits);
+        let room = self.byte_room();
+        let own = self.limits.max_bytes.saturating_sub(self.bytes);
+        // The pool bounds this queue's room below its own limit: drops now are the pool's.
+        let pool_bound = room < own;
+        if pool_bound && may_push_out && fits > 0 {
+            let need = charge_of(batch, enc, run.start, fits);
+            if need > room && need <= own && self.bytes + need < self.pool.biggest() {
+                return Enqueued {
+                    queued: 0,
+                    dropped: 0,
+                    pooled_out: 0,
+                    notice: None,
+                    short: Some(self.bytes + need),
+                };
+            }
+        }
+        let item = self.admit(batch, enc, run.start, fits, room);
         let mut notice = None;
         let mut queued = 0;
         if let Some(item) = item {
@@ -198,24 +350,75 @@ impl Queue {
         }
         let dropped = wanted - queued;
         self.dropped += dropped as u64;
+        // Losses with nothing queued: no write is coming that could announce them later.
+        if queued == 0 && dropped > 0 && self.bytes == 0 {
+            notice = Some(self.push_notice());
+        }
+        // Those that passed the message bound but found no bytes, when the pool set the bound.
+        let pooled_out = if pool_bound { fits - queued } else { 0 };
+        if pool_bound && queued > 0 && self.bytes > self.pool.biggest() {
+            self.pool.set_biggest(self.bytes);
+        }
         Enqueued {
             queued,
             dropped,
+            pooled_out,
             notice,
+            short: None,
         }
     }
 
-    /// The item for the first `fits` messages from `first`, or fewer when the byte budget is
-    /// short. A run that is a good part of its batch shares the batch and is charged all of
-    /// it (that is what it keeps alive); a smaller one is copied and charged its own size.
-    fn admit(&self, batch: &Arc<Batch>, enc: &Encoded, first: usize, fits: usize) -> Option<Item> {
+    /// Bytes of deliveries waiting, taken ones included.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Drops the newest queued deliveries until the queue holds at most `to` bytes, or has
+    /// nothing more it may drop (items being written and a partly written head stay):
+    /// pushed out for a shorter queue, they count as lost like deliveries that found the
+    /// queue full. Replies keep their places. Returns the messages dropped, and the notice
+    /// queued at once when nothing is left waiting to announce them later.
+    pub(super) fn push_out(&mut self, to: usize) -> (usize, Option<u64>) {
+        let keep_head = usize::from(self.head_done > 0);
+        let mut replies = Vec::new();
+        let mut lost = 0;
+        while self.bytes > to && self.items.len() > keep_head {
+            let item = self.items.pop_back().expect("more items than the head");
+            if let Item::Bytes(_) = item {
+                replies.push(item);
+                continue;
+            }
+            lost += item.budget().0;
+            self.forget(&item);
+        }
+        self.items.extend(replies.into_iter().rev());
+        self.dropped += lost as u64;
+        let notice = (lost > 0 && self.bytes == 0).then(|| self.push_notice());
+        (lost, notice)
+    }
+
+    /// The item for the first `fits` messages from `first`, or fewer when `room`, the byte
+    /// budget, is short. A run that is a good part of its batch shares the batch and is
+    /// charged all of it (that is what it keeps alive); a smaller one is copied and charged
+    /// its own size. The pool is charged too (a shared batch only by its first queue); when
+    /// another thread took the pool's last bytes meanwhile, nothing is admitted.
+    fn admit(
+        &self,
+        batch: &Arc<Batch>,
+        enc: &Encoded,
+        first: usize,
+        fits: usize,
+        room: usize,
+    ) -> Option<Item> {
         if fits == 0 {
             return None;
         }
-        let room = self.byte_room();
         let span = enc.span(first..first + fits);
         let size = batch.size();
         if span.len() * 4 >= size && size <= room {
+            if !batch.charge(&self.pool) {
+                return None;
+            }
             return Some(Item::Run {
                 batch: Arc::clone(batch),
                 span,
@@ -224,29 +427,40 @@ impl Queue {
                 charge: size,
             });
         }
-        // As many as fit in the bytes left, copied.
+        // As many as fit in the bytes left, copied with their tags.
+        let tags = batch.tags(first);
         let mut n = fits;
-        while n > 0 && enc.span(first..first + n).len() > room {
+        while n > 0 && tags.len() + enc.span(first..first + n).len() > room {
             n -= 1;
         }
-        (n > 0).then(|| {
-            let tags = batch.tags(first);
-            let wire = enc.bytes(enc.span(first..first + n));
-            let mut buf = Vec::with_capacity(tags.len() + wire.len());
-            buf.extend_from_slice(tags);
-            buf.extend_from_slice(wire);
-            Item::Copy {
-                buf: buf.into_boxed_slice(),
-                tags_len: tags.len(),
-                msgs: n,
-            }
+        let wire = enc.bytes(enc.span(first..first + n));
+        if n == 0 || !self.pool.take(tags.len() + wire.len()) {
+            return None;
+        }
+        let mut buf = Vec::with_capacity(tags.len() + wire.len());
+        buf.extend_from_slice(tags);
+        buf.extend_from_slice(wire);
+        Some(Item::Copy {
+            buf: buf.into_boxed_slice(),
+            tags_len: tags.len(),
+            msgs: n,
         })
     }
 
-    /// Bytes of deliveries the queue can take now. The one place that decides it, so another
-    /// bound (one on all queues together, say) joins here, and in `charge` and `uncharge`.
+    /// Bytes of deliveries the queue can take now: up to its own limit, and up to what the
+    /// pool has free, less what it holds already.
+    ///
+    /// The second bound is the dynamic threshold of shared-buffer switches (Choudhury and
+    /// Hahne): a queue may grow only while it is shorter than the pool's free bytes. Queues
+    /// that are not emptied (stalled clients) grow until each holds about as much as is left
+    /// free, about `limit / (stalled + 1)`, and stop there, so the pool never fills up and a
+    /// queue holding less than they do always finds room; the clients that hold the most are
+    /// the first to lose deliveries, as the protocol says. One place decides it.
     fn byte_room(&self) -> usize {
-        self.limits.max_bytes.saturating_sub(self.bytes)
+        self.limits
+            .max_bytes
+            .min(self.pool.free())
+            .saturating_sub(self.bytes)
     }
 
     /// Counts admitted deliveries against the budgets.
@@ -287,21 +501,26 @@ impl Queue {
         std::mem::swap(&mut self.items, rest);
     }
 
+    /// Gives back what a delivery leaving the queue was charged: its budget, and the pool
+    /// bytes of a copy (a shared batch gives its own back when the last holder drops it).
+    fn forget(&mut self, delivery: &Item) {
+        let (msgs, bytes) = delivery.budget();
+        self.uncharge(msgs, bytes);
+        if let Item::Copy { .. } = delivery {
+            self.pool.give(bytes);
+        }
+    }
+
     /// Releases the budget of taken items that were written or discarded.
     pub(super) fn release(&mut self, gone: impl Iterator<Item = Item>) -> Released {
         for item in gone {
             match item {
                 Item::Bytes(b) => self.replies -= b.len(),
-                delivery => {
-                    let (msgs, bytes) = delivery.budget();
-                    self.uncharge(msgs, bytes);
-                }
+                delivery => self.forget(&delivery),
             }
         }
-        let quarter = self.msgs <= self.limits.max_msgs / 4;
         Released {
-            caught_up: quarter && self.bytes <= self.limits.max_bytes / 4,
-            drained: self.replies <= self.limits.reply_backlog || quarter,
+            drained: self.replies <= self.limits.reply_backlog,
         }
     }
 
@@ -309,10 +528,12 @@ impl Queue {
     /// some bytes is not enough: the next delivery could still be dropped, and one run of
     /// losses would get two notices with nothing between them. Returns the losses announced.
     pub(super) fn notice_if_room(&mut self) -> Option<u64> {
+        if self.dropped == 0 {
+            return None;
+        }
         let room = self.msgs < self.limits.max_msgs
-            && (self.bytes == 0
-                || self.bytes + self.limits.max_item_bytes <= self.limits.max_bytes);
-        (self.dropped > 0 && room).then(|| self.push_notice())
+            && (self.bytes == 0 || self.byte_room() >= self.limits.max_item_bytes);
+        room.then(|| self.push_notice())
     }
 
     /// Queues the slow-consumer notice for the losses so far, and returns their number.
@@ -326,41 +547,22 @@ impl Queue {
         n
     }
 
-    /// More than half way to a limit: where pacing starts to consider waiting.
-    pub(super) fn behind(&self) -> bool {
-        self.msgs > self.limits.max_msgs / 2 || self.bytes > self.limits.max_bytes / 2
-    }
-
-    /// Down to a quarter of both limits: where a pacing publisher stops waiting.
-    pub(super) fn caught_up(&self) -> bool {
-        self.msgs <= self.limits.max_msgs / 4 && self.bytes <= self.limits.max_bytes / 4
-    }
-
-    /// Messages beyond a quarter of the limit: what a pacing publisher waits to see written.
-    pub(super) fn backlog(&self) -> usize {
-        self.msgs.saturating_sub(self.limits.max_msgs / 4)
-    }
-
     /// Removes queued deliveries whose tags (comma-joined) `keep` refuses. Taken items are on
     /// their way already, and a partly written head stays whole.
     pub(super) fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         let keep_head = usize::from(self.head_done > 0);
-        let (mut msgs, mut bytes) = (0, 0);
-        let mut i = 0;
-        self.items.retain(|item| {
-            i += 1;
-            let kept = i <= keep_head
+        let old = std::mem::take(&mut self.items);
+        for (i, item) in old.into_iter().enumerate() {
+            let kept = i < keep_head
                 || item
                     .tags()
                     .is_none_or(|tags| keep(&String::from_utf8_lossy(tags)));
-            if !kept {
-                let (m, b) = item.budget();
-                msgs += m;
-                bytes += b;
+            if kept {
+                self.items.push_back(item);
+            } else {
+                self.forget(&item);
             }
-            kept
-        });
-        self.uncharge(msgs, bytes);
+        }
     }
 
     /// Removes every queued delivery (replies stay, and so does a partly written head).
@@ -400,8 +602,11 @@ mod tests {
             write_timeout: Duration::from_secs(1),
             reply_backlog: 100,
             max_item_bytes: 64,
-            pacing: Duration::ZERO,
         }
+    }
+
+    fn unlimited() -> Arc<Pool> {
+        Arc::new(Pool::unlimited())
     }
 
     /// A batch of messages given as (tags, data).
@@ -415,7 +620,44 @@ mod tests {
 
     fn enqueue(q: &mut Queue, batch: &Arc<Batch>, run: Range<usize>) -> Enqueued {
         let enc = encoded(batch, q.transport);
-        q.enqueue(batch, enc, run)
+        q.enqueue(batch, enc, run, false)
+    }
+
+    /// What `Outbound` does for a queue short of room in the pool: trims the queues holding
+    /// the most (`others`), largest first, to the highest level that frees enough, then
+    /// offers the message again.
+    fn enqueue_pushing_out_refs(q: &mut Queue, others: &mut [&mut Queue], b: &Arc<Batch>) -> Enqueued {
+        let enc = encoded(b, q.transport);
+        let r = q.enqueue(b, enc, 0..b.len(), true);
+        let Some(need) = r.short else { return r };
+        let pool = Arc::clone(&q.pool);
+        let mut held: Vec<usize> = others.iter().map(|o| o.bytes()).collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        let short = need.saturating_sub(pool.free());
+        if let Some(level) = trim_level(&held, need, short) {
+            for o in others.iter_mut() {
+                o.push_out(level);
+            }
+        }
+        pool.set_biggest(others.iter().map(|o| o.bytes()).max().unwrap_or(0).max(q.bytes()));
+        q.enqueue(b, enc, 0..b.len(), false)
+    }
+
+    /// The losses announced by the notices `q` holds.
+    fn announced(q: &Queue) -> u64 {
+        q.items
+            .iter()
+            .filter_map(|it| match it {
+                Item::Bytes(b) => std::str::from_utf8(b)
+                    .ok()?
+                    .strip_prefix("error slow consumer: dropped ")?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok(),
+                _ => None,
+            })
+            .sum()
     }
 
     /// Takes everything and writes it all: the bytes on the wire.
@@ -436,7 +678,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_the_newest_and_says_so_before_the_next_delivery() {
-        let mut q = Queue::new(Transport::Tcp, limits(2, 1000));
+        let mut q = Queue::new(Transport::Tcp, limits(2, 1000), unlimited());
         let b = batch(&[("a", "1"), ("a", "2"), ("a", "3")]);
         let r = enqueue(&mut q, &b, 0..3);
         assert_eq!((r.queued, r.dropped, r.notice), (2, 1, None));
@@ -457,7 +699,7 @@ mod tests {
     fn the_notice_comes_once_any_delivery_fits_again() {
         // max_item_bytes 64: with 100 bytes queued out of 150, a delivery could still be
         // dropped, so the notice waits.
-        let mut q = Queue::new(Transport::Tcp, limits(10, 150));
+        let mut q = Queue::new(Transport::Tcp, limits(10, 150), unlimited());
         let big = "x".repeat(100 - "publish a \n".len());
         enqueue(&mut q, &batch(&[("a", &big)]), 0..1);
         let r = enqueue(&mut q, &batch(&[("a", &big)]), 0..1);
@@ -476,7 +718,7 @@ mod tests {
 
     #[test]
     fn a_good_part_of_a_batch_is_shared_and_charged_the_whole_batch() {
-        let mut q = Queue::new(Transport::Tcp, limits(100, 1000));
+        let mut q = Queue::new(Transport::Tcp, limits(100, 1000), unlimited());
         let b = batch(&[("a", "1"), ("a", "2"), ("b", "3"), ("b", "4")]);
         enqueue(&mut q, &b, 0..2);
         assert!(matches!(q.items[0], Item::Run { .. }));
@@ -485,13 +727,13 @@ mod tests {
     }
 
     #[test]
-    fn a_small_part_of_a_big_batch_is_copied_and_charged_its_own_size() {
-        let mut q = Queue::new(Transport::Tcp, limits(100, 1000));
+    fn a_small_part_of_a_big_batch_is_copied_and_charged_its_own_size_and_tags() {
+        let mut q = Queue::new(Transport::Tcp, limits(100, 1000), unlimited());
         let others: Vec<(&str, &str)> = vec![("b", "0123456789"); 8];
         let b = batch(&[&[("a", "1")], &others[..]].concat());
         enqueue(&mut q, &b, 0..1);
         assert!(matches!(q.items[0], Item::Copy { .. }));
-        assert_eq!((q.msgs, q.bytes), (1, "publish a 1\n".len()));
+        assert_eq!((q.msgs, q.bytes), (1, "a".len() + "publish a 1\n".len()));
         assert_eq!(Arc::strong_count(&b), 1, "the batch is not kept alive");
         assert_eq!(q.items[0].tags(), Some(&b"a"[..]));
         assert_eq!(text(&drain_all(&mut q)), "publish a 1\n");
@@ -499,16 +741,130 @@ mod tests {
 
     #[test]
     fn a_short_byte_budget_takes_as_many_messages_as_fit() {
-        // 12 bytes a line: 30 bytes hold two of three, so they are copied.
-        let mut q = Queue::new(Transport::Tcp, limits(100, 30));
+        // 12 bytes a line and the tag once: 30 bytes hold two of three, so they are copied.
+        let mut q = Queue::new(Transport::Tcp, limits(100, 30), unlimited());
         let r = enqueue(&mut q, &batch(&[("a", "1"), ("a", "2"), ("a", "3")]), 0..3);
         assert_eq!((r.queued, r.dropped), (2, 1));
-        assert_eq!((q.msgs, q.bytes), (2, 24));
+        assert_eq!((q.msgs, q.bytes), (2, 1 + 24));
         // Not even one message fits a budget of 11 bytes.
-        let mut q = Queue::new(Transport::Tcp, limits(100, 11));
+        let mut q = Queue::new(Transport::Tcp, limits(100, 11), unlimited());
         let r = enqueue(&mut q, &batch(&[("a", "1")]), 0..1);
         assert_eq!((r.queued, r.dropped), (0, 1));
-        assert!(q.is_empty());
+        assert_eq!(q.msgs(), 0);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_queue_is_announced_at_once() {
+        // client_queue_bytes 1024 and a 2,000-byte message: no write is coming that could
+        // announce the loss later, so the notice is queued with the drop.
+        let mut q = Queue::new(Transport::Tcp, limits(100, 1024), unlimited());
+        let big = "x".repeat(2000);
+        let r = enqueue(&mut q, &batch(&[("a", &big)]), 0..1);
+        assert_eq!((r.queued, r.dropped, r.notice), (0, 1, Some(1)));
+        let r = enqueue(&mut q, &batch(&[("a", "small")]), 0..1);
+        assert_eq!((r.queued, r.dropped, r.notice), (1, 0, None));
+        assert_eq!(
+            text(&drain_all(&mut q)),
+            "error slow consumer: dropped 1 messages\npublish a small\n"
+        );
+        // With something queued, the notice waits for the write that makes room.
+        enqueue(&mut q, &batch(&[("a", "small")]), 0..1);
+        let r = enqueue(&mut q, &batch(&[("a", &big)]), 0..1);
+        assert_eq!((r.queued, r.dropped, r.notice), (0, 1, None));
+    }
+
+    /// `n` messages of `len` bytes of data for tag `tag`, one batch each.
+    fn batches(tag: &str, n: usize, len: usize) -> Vec<Arc<Batch>> {
+        (0..n).map(|i| batch(&[(tag, &data(i, len))])).collect()
+    }
+
+    #[test]
+    fn the_pool_counts_a_shared_batch_once_until_the_last_holder_lets_go() {
+        let pool = Arc::new(Pool::new(10_000));
+        let mut a = Queue::new(Transport::Tcp, limits(100, 10_000), Arc::clone(&pool));
+        let mut b = Queue::new(Transport::Tcp, limits(100, 10_000), Arc::clone(&pool));
+        let shared = batch(&[("t", "1"), ("t", "2")]);
+        enqueue(&mut a, &shared, 0..2);
+        enqueue(&mut b, &shared, 0..2);
+        let size = shared.size();
+        drop(shared);
+        assert_eq!((a.bytes, b.bytes, pool.used()), (size, size, size));
+        drain_all(&mut a);
+        assert_eq!(pool.used(), size, "b still holds it");
+        drain_all(&mut b);
+        assert_eq!(pool.used(), 0);
+        // A copy counts its own bytes, tags included, and gives them back when written.
+        let others: Vec<(&str, &str)> = vec![("x", "0123456789"); 8];
+        enqueue(&mut a, &batch(&[&[("t", "1")], &others[..]].concat()), 0..1);
+        assert_eq!(pool.used(), "t".len() + "publish t 1\n".len());
+        drain_all(&mut a);
+        assert_eq!(pool.used(), 0);
+    }
+
+    #[test]
+    fn websocket_frames_encoded_later_are_counted_too() {
+        let pool = Arc::new(Pool::new(100_000));
+        let mut tcp = Queue::new(Transport::Tcp, limits(100, 100_000), Arc::clone(&pool));
+        let mut ws = Queue::new(Transport::WebSocket, limits(100, 100_000), Arc::clone(&pool));
+        let b = batch(&[("t", "1")]);
+        enqueue(&mut tcp, &b, 0..1);
+        let lines = pool.used();
+        enqueue(&mut ws, &b, 0..1);
+        assert!(pool.used() > lines);
+        assert_eq!(pool.used(), b.size());
+        drop(b);
+        drain_all(&mut tcp);
+        drain_all(&mut ws);
+        assert_eq!(pool.used(), 0);
+    }
+
+    #[test]
+    fn a_queue_grows_only_while_it_is_shorter_than_what_the_pool_has_free() {
+        // Each message is 1,000 bytes of line; the pool holds 10,000.
+        let pool = Arc::new(Pool::new(10_000));
+        let mut q = Queue::new(Transport::Tcp, limits(1000, 1 << 20), Arc::clone(&pool));
+        let len = 1000 - "publish t \n".len();
+        let mut queued = 0;
+        for b in batches("t", 10, len) {
+            let r = enqueue(&mut q, &b, 0..1);
+            queued += r.queued;
+            if r.dropped > 0 {
+                assert_eq!(r.pooled_out, 1, "dropped for the pool, not its own limit");
+            }
+        }
+        // Alone, a queue takes at most half: what it holds may not exceed what is free.
+        assert_eq!((queued, pool.used()), (5, 5000));
+        assert_eq!(q.msgs(), 5);
+    }
+
+    #[test]
+    fn stalled_queues_leave_room_for_one_that_keeps_up() {
+        // 50 stalled clients and one that reads everything at once, 1,000-byte messages, a
+        // pool of 128,000 bytes: the scenario at a thousandth of the size.
+        let pool = Arc::new(Pool::new(128_000));
+        let l = limits(1 << 20, 64_000);
+        let mut stalled: Vec<Queue> = (0..50)
+            .map(|_| Queue::new(Transport::Tcp, l, Arc::clone(&pool)))
+            .collect();
+        let mut healthy = Queue::new(Transport::Tcp, l, Arc::clone(&pool));
+        let len = 1000 - "publish t \n".len();
+        let mut lost = vec![0; 50];
+        for round in 0..80 {
+            for (i, q) in stalled.iter_mut().enumerate() {
+                let r = enqueue(q, &batch(&[("t", &data(round, len))]), 0..1);
+                lost[i] += r.dropped;
+            }
+            let r = enqueue(&mut healthy, &batch(&[("h", &data(round, len))]), 0..1);
+            assert_eq!((r.queued, r.dropped), (1, 0), "round {round}");
+            drain_all(&mut healthy);
+            assert!(pool.used() <= 128_000);
+        }
+        // Each stalled queue holds a share close to what is left free, and lost the rest.
+        for (q, lost) in stalled.iter().zip(&lost) {
+            assert!((2..=3).contains(&q.msgs()), "{}", q.msgs());
+            assert_eq!(q.msgs() + lost, 80);
+        }
+        assert!(pool.free() >= 1000, "room for the next message: {}", pool.free());
     }
 
     #[test]
@@ -519,7 +875,7 @@ mod tests {
 
     #[test]
     fn replies_are_never_dropped() {
-        let mut q = Queue::new(Transport::Tcp, limits(1, 20));
+        let mut q = Queue::new(Transport::Tcp, limits(1, 20), unlimited());
         enqueue(&mut q, &batch(&[("a", "1")]), 0..1);
         q.push_reply(b"pong\n".to_vec());
         q.push_reply(vec![b'x'; 500]);
@@ -529,7 +885,7 @@ mod tests {
 
     #[test]
     fn what_was_not_written_goes_back_in_front() {
-        let mut q = Queue::new(Transport::Tcp, limits(10, 1000));
+        let mut q = Queue::new(Transport::Tcp, limits(10, 1000), unlimited());
         q.push_reply(b"one\n".to_vec());
         q.push_reply(b"two\n".to_vec());
         let mut taken = VecDeque::new();
@@ -558,7 +914,7 @@ mod tests {
 
     /// Four WebSocket deliveries (tags a; b,c; a; b,c, the last one copied) and a reply.
     fn revocable() -> (Queue, Arc<Batch>) {
-        let mut q = Queue::new(Transport::WebSocket, limits(100, 10_000));
+        let mut q = Queue::new(Transport::WebSocket, limits(100, 10_000), unlimited());
         let b = batch(&[("a", "1"), ("b,c", "2"), ("a", "3")]);
         for i in 0..3 {
             enqueue(&mut q, &b, i..i + 1);
@@ -600,7 +956,7 @@ mod tests {
 
     #[test]
     fn discarding_keeps_replies_and_a_partly_written_head() {
-        let mut q = Queue::new(Transport::Tcp, limits(100, 10_000));
+        let mut q = Queue::new(Transport::Tcp, limits(100, 10_000), unlimited());
         let b = batch(&[("a", "1"), ("a", "2")]);
         enqueue(&mut q, &b, 0..1);
         q.push_reply(b"pong\n".to_vec());
@@ -609,7 +965,7 @@ mod tests {
         q.take(&mut taken);
         q.put_back(&mut taken, 4);
         let released = q.discard_deliveries();
-        assert!(released.caught_up && released.drained);
+        assert!(released.drained);
         assert_eq!(q.items.len(), 2);
         assert_eq!(text(&drain_all(&mut q)), "ish a 1\npong\n");
         assert_eq!((q.msgs, q.bytes, q.replies), (0, 0, 0));
@@ -617,7 +973,7 @@ mod tests {
 
     #[test]
     fn clearing_releases_everything_queued_but_not_what_is_being_written() {
-        let mut q = Queue::new(Transport::Tcp, limits(100, 10_000));
+        let mut q = Queue::new(Transport::Tcp, limits(100, 10_000), unlimited());
         let b = batch(&[("a", "1"), ("a", "2")]);
         enqueue(&mut q, &b, 0..1);
         let mut taken = VecDeque::new();
@@ -635,18 +991,6 @@ mod tests {
         assert_eq!((q.msgs, q.bytes), (0, 0));
     }
 
-    #[test]
-    fn pacing_thresholds() {
-        let mut q = Queue::new(Transport::Tcp, limits(8, 1_000_000));
-        let msgs: Vec<(&str, &str)> = vec![("a", "1"); 8];
-        let b = batch(&msgs);
-        enqueue(&mut q, &b, 0..2);
-        assert!(!q.behind() && q.caught_up() && q.backlog() == 0);
-        enqueue(&mut q, &b, 2..5);
-        assert!(q.behind() && !q.caught_up());
-        assert_eq!(q.backlog(), 3);
-    }
-
     /// A message's data: its id, padded to `len` bytes, so reordering or duplication shows.
     fn data(id: usize, len: usize) -> String {
         let mut s = format!("m{id}.");
@@ -660,47 +1004,54 @@ mod tests {
     const TAGS: [&str; 4] = ["a", "a,b", "b", "b,c"];
     const REVOKED: [&str; 3] = ["a", "b", "c"];
 
+    /// The queues of one server in the model test, all counting in one pool.
+    const QUEUES: usize = 3;
+
     #[derive(Debug, Clone)]
     enum Op {
         /// A batch of messages (tags, data length); the run of `run` messages with the
-        /// same tags after `before` is offered to the queue.
+        /// same tags after `before` is offered to the queues picked by `to` (a bit each), in
+        /// order: they share it.
         Publish {
             before: Vec<(usize, usize)>,
             tags: usize,
             run: Vec<usize>,
             after: Vec<(usize, usize)>,
+            to: u8,
         },
-        Reply(usize),
-        /// A thread takes everything queued, if nothing is taken already.
-        Take,
+        Reply(usize, usize),
+        /// A thread takes everything a queue holds, if nothing is taken from it already.
+        Take(usize),
         /// It writes this many bytes of what it took, and releases the items written whole.
-        Write(usize),
+        Write(usize, usize),
         /// It puts back what it did not write.
-        PutBack,
-        NoticeIfRoom,
-        Retain(usize),
-        Discard,
-        Clear,
+        PutBack(usize),
+        NoticeIfRoom(usize),
+        Retain(usize, usize),
+        Discard(usize),
+        Clear(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         let msg = (0..TAGS.len(), 0..40usize);
+        let q = 0..QUEUES;
         prop_oneof![
             6 => (
                 prop::collection::vec(msg.clone(), 0..4),
                 0..TAGS.len(),
                 prop::collection::vec(0..40usize, 1..6),
                 prop::collection::vec(msg, 0..4),
+                1..(1u8 << QUEUES),
             )
-                .prop_map(|(before, tags, run, after)| Op::Publish { before, tags, run, after }),
-            1 => (1..30usize).prop_map(Op::Reply),
-            2 => Just(Op::Take),
-            3 => (0..120usize).prop_map(Op::Write),
-            2 => Just(Op::PutBack),
-            2 => Just(Op::NoticeIfRoom),
-            1 => (0..REVOKED.len()).prop_map(Op::Retain),
-            1 => Just(Op::Discard),
-            1 => Just(Op::Clear),
+                .prop_map(|(before, tags, run, after, to)| Op::Publish { before, tags, run, after, to }),
+            1 => (q.clone(), 1..30usize).prop_map(|(q, n)| Op::Reply(q, n)),
+            2 => q.clone().prop_map(Op::Take),
+            3 => (q.clone(), 0..120usize).prop_map(|(q, n)| Op::Write(q, n)),
+            2 => q.clone().prop_map(Op::PutBack),
+            2 => q.clone().prop_map(Op::NoticeIfRoom),
+            1 => (q.clone(), 0..REVOKED.len()).prop_map(|(q, t)| Op::Retain(q, t)),
+            1 => q.clone().prop_map(Op::Discard),
+            1 => q.prop_map(Op::Clear),
         ]
     }
 
@@ -712,6 +1063,9 @@ mod tests {
             wire: Vec<u8>,
             msgs: usize,
             charge: usize,
+            /// The batch it shares (its id and size), counted once in the pool; `None` for a
+            /// copy, counted in the pool by its charge.
+            shared: Option<(usize, usize)>,
         },
         Reply(Vec<u8>),
     }
@@ -724,7 +1078,7 @@ mod tests {
         }
     }
 
-    /// The queue as a list, with the rules of the protocol written out message by message.
+    /// A queue as a list, with the rules of the protocol written out message by message.
     struct Spec {
         transport: Transport,
         limits: Limits,
@@ -733,6 +1087,25 @@ mod tests {
         taken: Option<(VecDeque<Model>, usize)>,
         dropped: u64,
         out: Vec<u8>,
+    }
+
+    /// The pool's bytes: every batch held by any queue once, and every copy.
+    fn pool_used(specs: &[Spec]) -> usize {
+        let mut batches = std::collections::BTreeMap::new();
+        let mut copies = 0;
+        for it in specs.iter().flat_map(Spec::all) {
+            match it {
+                Model::Delivery {
+                    shared: Some((id, size)),
+                    ..
+                } => {
+                    batches.insert(*id, *size);
+                }
+                Model::Delivery { charge, .. } => copies += charge,
+                Model::Reply(_) => {}
+            }
+        }
+        copies + batches.values().sum::<usize>()
     }
 
     impl Spec {
@@ -765,22 +1138,32 @@ mod tests {
             n
         }
 
-        /// Offers `run` of `batch`: as many messages as both limits allow, the newest dropped;
-        /// a run that is at least a quarter of its batch and whose batch fits the bytes left
-        /// is charged the whole batch, otherwise each message its own size.
-        fn enqueue(&mut self, batch: &Batch, run: Range<usize>) -> Enqueued {
+        /// Bytes this queue may still take when the pool has `free` bytes free.
+        fn room(&self, free: usize) -> usize {
+            let (_, bytes, _) = self.counts();
+            self.limits.max_bytes.min(free).saturating_sub(bytes)
+        }
+
+        /// Offers `run` of `batch` (id `id`) when the pool has `free` bytes: as many messages
+        /// as the limits allow, the newest dropped; a run that is at least a quarter of its
+        /// batch and whose batch fits the room is charged the whole batch, otherwise each
+        /// message its own size and the run its tags once. The room is what is left below the
+        /// queue's own limit and below the pool's free bytes.
+        fn enqueue(&mut self, batch: &Batch, id: usize, run: Range<usize>, free: usize) -> Enqueued {
             let enc = encoded(batch, self.transport);
             let sizes: Vec<usize> = run.clone().map(|i| enc.span(i..i + 1).len()).collect();
+            let tags = text(batch.tags(run.start)).to_string();
             let (msgs, bytes, _) = self.counts();
             let fits = run.len().min(self.limits.max_msgs - msgs);
-            let room = self.limits.max_bytes - bytes;
+            let room = self.room(free);
             let own = |n: usize| sizes[..n].iter().sum::<usize>();
-            let (n, charge) = if fits > 0 && own(fits) * 4 >= batch.size() && batch.size() <= room {
-                (fits, batch.size())
-            } else {
-                let n = (0..=fits).rev().find(|&n| own(n) <= room).unwrap();
-                (n, own(n))
-            };
+            let (n, charge, shared) =
+                if fits > 0 && own(fits) * 4 >= batch.size() && batch.size() <= room {
+                    (fits, batch.size(), Some((id, batch.size())))
+                } else {
+                    let n = (0..=fits).rev().find(|&n| n == 0 || tags.len() + own(n) <= room).unwrap();
+                    (n, tags.len() + own(n), None)
+                };
             let mut notice = None;
             if n > 0 {
                 if self.dropped > 0 {
@@ -791,26 +1174,33 @@ mod tests {
                     wire.extend_from_slice(enc.bytes(enc.span(i..i + 1)));
                 }
                 self.queued.push_back(Model::Delivery {
-                    tags: text(batch.tags(run.start)).to_string(),
+                    tags,
                     wire,
                     msgs: n,
                     charge,
+                    shared,
                 });
             }
-            self.dropped += (run.len() - n) as u64;
+            let dropped = run.len() - n;
+            self.dropped += dropped as u64;
+            // Losses with nothing queued are announced at once.
+            if n == 0 && dropped > 0 && bytes == 0 {
+                notice = Some(self.notice());
+            }
+            let pool_bound = room < self.limits.max_bytes.saturating_sub(bytes);
             Enqueued {
                 queued: n,
-                dropped: run.len() - n,
+                dropped,
+                pooled_out: if pool_bound { fits - n } else { 0 },
                 notice,
+                short: None,
             }
         }
 
         fn released(&self) -> Released {
-            let (msgs, bytes, replies) = self.counts();
-            let l = self.limits;
+            let (_, _, replies) = self.counts();
             Released {
-                caught_up: msgs <= l.max_msgs / 4 && bytes <= l.max_bytes / 4,
-                drained: replies <= l.reply_backlog || msgs <= l.max_msgs / 4,
+                drained: replies <= self.limits.reply_backlog,
             }
         }
 
@@ -822,6 +1212,15 @@ mod tests {
                 i += 1;
                 i <= keep_head || !matches!(it, Model::Delivery { tags, .. } if gone(tags))
             });
+        }
+
+        fn put_back(&mut self) {
+            let (mut model, moffset) = self.taken.take().unwrap();
+            if !model.is_empty() {
+                self.head_done = moffset;
+                model.append(&mut self.queued);
+                self.queued = model;
+            }
         }
     }
 
@@ -867,41 +1266,101 @@ mod tests {
         Ok(())
     }
 
+    /// A queue under test with what a writer thread took from it and what reached its wire.
+    struct Under {
+        q: Queue,
+        taken: Option<(VecDeque<Item>, usize)>,
+        out: Vec<u8>,
+    }
+
+    proptest! {
+        /// Stalled queues (never written) and one that keeps up (written after each
+        /// delivery), offered messages of one size in any order, with pushing out: as long
+        /// as the pool holds a message per queue, the one that keeps up loses nothing, and
+        /// the pool never goes over its limit.
+        #[test]
+        fn a_queue_that_keeps_up_never_loses_to_stalled_ones(
+            stalled in 1..24usize,
+            len in 3..200usize,
+            spare in 0..4usize,
+            order in prop::collection::vec(0..1000usize, 1..500),
+        ) {
+            let size = "publish t \n".len() + len;
+            let limit = (stalled + 1 + spare) * size;
+            let pool = Arc::new(Pool::new(limit));
+            let l = limits(1 << 20, 1 << 30);
+            let mut queues: Vec<Queue> = (0..=stalled)
+                .map(|_| Queue::new(Transport::Tcp, l, Arc::clone(&pool)))
+                .collect();
+            let mut offered = vec![0; stalled + 1];
+            for (i, pick) in order.into_iter().enumerate() {
+                let k = pick % (stalled + 1);
+                // Every message is `size` bytes on the wire: its number, padded.
+                let b = batch(&[("t", &format!("{i:0>len$}"))]);
+                let (left, right) = queues.split_at_mut(k);
+                let (q, rest) = right.split_first_mut().unwrap();
+                let mut others: Vec<&mut Queue> = left.iter_mut().chain(rest.iter_mut()).collect();
+                let r = enqueue_pushing_out_refs(q, &mut others, &b);
+                offered[k] += 1;
+                if k == stalled {
+                    prop_assert_eq!((r.queued, r.dropped), (1, 0), "message {}", i);
+                    drain_all(&mut queues[k]);
+                }
+                prop_assert!(pool.used() <= limit);
+            }
+            // Every message offered to a stalled queue is in it, or lost and announced (or
+            // waiting to be), whether it found the queue full or was pushed out.
+            for (q, offered) in queues.iter().zip(&offered).take(stalled) {
+                prop_assert_eq!(q.msgs() as u64 + q.dropped + announced(q), *offered);
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
-        /// The queue against the list model: the same bytes reach the wire in the same order,
-        /// the same deliveries are dropped and announced, the budgets agree and never exceed
-        /// the limits, whatever the interleaving of publishers, replies, a writer taking,
-        /// partly writing and putting back, revocations and discards.
+        /// The queues of a server against the list model: the same bytes reach each wire in
+        /// the same order, the same deliveries are dropped and announced, the budgets agree
+        /// and never exceed the limits, and the pool holds every shared batch once and every
+        /// copy, never more than its limit, whatever the interleaving of publishers offering
+        /// a run to several queues, replies, writers taking, partly writing and putting back,
+        /// revocations and discards.
         #[test]
-        fn queue_matches_the_model(
+        fn queues_match_the_model(
             ws in any::<bool>(),
             max_msgs in 1..12usize,
             max_bytes in 1..600usize,
             max_item_bytes in 1..300usize,
             reply_backlog in 0..100usize,
+            pool_limit in prop_oneof![Just(usize::MAX), 1..1500usize],
             ops in prop::collection::vec(op(), 1..60),
         ) {
             let transport = if ws { Transport::WebSocket } else { Transport::Tcp };
             let limits = Limits { max_item_bytes, reply_backlog, ..limits(max_msgs, max_bytes) };
-            let mut q = Queue::new(transport, limits);
-            let mut spec = Spec {
-                transport,
-                limits,
-                queued: VecDeque::new(),
-                head_done: 0,
-                taken: None,
-                dropped: 0,
-                out: Vec::new(),
-            };
-            let mut taken: Option<(VecDeque<Item>, usize)> = None;
-            let mut out = Vec::new();
+            let pool = Arc::new(Pool::new(pool_limit));
+            let mut under: Vec<Under> = (0..QUEUES)
+                .map(|_| Under {
+                    q: Queue::new(transport, limits, Arc::clone(&pool)),
+                    taken: None,
+                    out: Vec::new(),
+                })
+                .collect();
+            let mut specs: Vec<Spec> = (0..QUEUES)
+                .map(|_| Spec {
+                    transport,
+                    limits,
+                    queued: VecDeque::new(),
+                    head_done: 0,
+                    taken: None,
+                    dropped: 0,
+                    out: Vec::new(),
+                })
+                .collect();
             let (mut offered, mut queued, mut dropped, mut announced) = (0, 0, 0, 0);
             let mut id = 0;
-            for op in ops {
+            for (batch_id, op) in ops.into_iter().enumerate() {
                 match op {
-                    Op::Publish { before, tags, run, after } => {
+                    Op::Publish { before, tags, run, after, to } => {
                         let mut msgs: Vec<(&str, String)> = Vec::new();
                         let mut push = |tags: usize, len: usize| {
                             id += 1;
@@ -914,104 +1373,112 @@ mod tests {
                             msgs.iter().map(|(t, d)| (*t, d.as_str())).collect();
                         let b = batch(&pairs);
                         let range = before.len()..before.len() + run.len();
-                        let want = spec.enqueue(&b, range.clone());
-                        let got = enqueue(&mut q, &b, range);
-                        prop_assert_eq!(got, want);
-                        offered += run.len();
-                        queued += got.queued;
-                        dropped += got.dropped;
-                        announced += got.notice.unwrap_or(0);
-                    }
-                    Op::Reply(len) => {
-                        let bytes = data(0, len).into_bytes();
-                        q.push_reply(bytes.clone());
-                        spec.queued.push_back(Model::Reply(bytes));
-                    }
-                    Op::Take => {
-                        if taken.is_none() {
-                            let mut items = VecDeque::new();
-                            let offset = q.take(&mut items);
-                            taken = Some((items, offset));
-                            let all = std::mem::take(&mut spec.queued);
-                            spec.taken = Some((all, std::mem::take(&mut spec.head_done)));
+                        for k in (0..QUEUES).filter(|k| to & (1 << k) != 0) {
+                            encoded(&b, transport);
+                            let free = pool_limit.saturating_sub(pool_used(&specs));
+                            let want = specs[k].enqueue(&b, batch_id, range.clone(), free);
+                            let got = enqueue(&mut under[k].q, &b, range.clone());
+                            prop_assert_eq!(got, want);
+                            offered += run.len();
+                            queued += got.queued;
+                            dropped += got.dropped;
+                            announced += got.notice.unwrap_or(0);
                         }
                     }
-                    Op::Write(n) => {
+                    Op::Reply(k, len) => {
+                        let bytes = data(0, len).into_bytes();
+                        under[k].q.push_reply(bytes.clone());
+                        specs[k].queued.push_back(Model::Reply(bytes));
+                    }
+                    Op::Take(k) => {
+                        let u = &mut under[k];
+                        if u.taken.is_none() {
+                            let mut items = VecDeque::new();
+                            let offset = u.q.take(&mut items);
+                            u.taken = Some((items, offset));
+                            let s = &mut specs[k];
+                            let all = std::mem::take(&mut s.queued);
+                            s.taken = Some((all, std::mem::take(&mut s.head_done)));
+                        }
+                    }
+                    Op::Write(k, n) => {
+                        let u = &mut under[k];
+                        let s = &mut specs[k];
                         if let (Some((items, offset)), Some((model, moffset))) =
-                            (&mut taken, &mut spec.taken)
+                            (&mut u.taken, &mut s.taken)
                         {
                             let (done, rest) =
-                                write(items, |it| it.wire(transport), *offset, n, &mut out);
+                                write(items, |it| it.wire(transport), *offset, n, &mut u.out);
                             *offset = rest;
-                            let (mdone, mrest) =
-                                write(model, Model::wire, *moffset, n, &mut spec.out);
+                            let (mdone, mrest) = write(model, Model::wire, *moffset, n, &mut s.out);
                             *moffset = mrest;
                             prop_assert_eq!((done, rest), (mdone, mrest));
-                            let got = q.release(items.drain(..done));
+                            let got = u.q.release(items.drain(..done));
                             model.drain(..done);
-                            prop_assert_eq!(got, spec.released());
+                            prop_assert_eq!(got, s.released());
                         }
                     }
-                    Op::PutBack => {
-                        if let Some((mut items, offset)) = taken.take() {
-                            q.put_back(&mut items, offset);
-                            let (mut model, moffset) = spec.taken.take().unwrap();
-                            if !model.is_empty() {
-                                spec.head_done = moffset;
-                                model.append(&mut spec.queued);
-                                spec.queued = model;
-                            }
+                    Op::PutBack(k) => {
+                        if let Some((mut items, offset)) = under[k].taken.take() {
+                            under[k].q.put_back(&mut items, offset);
+                            specs[k].put_back();
                         }
                     }
-                    Op::NoticeIfRoom => {
-                        let (msgs, bytes, _) = spec.counts();
+                    Op::NoticeIfRoom(k) => {
+                        let free = pool_limit.saturating_sub(pool_used(&specs));
+                        let s = &mut specs[k];
+                        let (msgs, bytes, _) = s.counts();
                         let room = msgs < max_msgs
-                            && (bytes == 0 || bytes + max_item_bytes <= max_bytes);
-                        let want = (spec.dropped > 0 && room).then(|| spec.notice());
-                        let got = q.notice_if_room();
+                            && (bytes == 0 || s.room(free) >= max_item_bytes);
+                        let want = (s.dropped > 0 && room).then(|| s.notice());
+                        let got = under[k].q.notice_if_room();
                         prop_assert_eq!(got, want);
                         announced += got.unwrap_or(0);
                     }
-                    Op::Retain(tag) => {
+                    Op::Retain(k, tag) => {
                         let revoked = REVOKED[tag];
                         let keep = |tags: &str| !tags.split(',').any(|t| t == revoked);
-                        q.retain(keep);
-                        spec.remove(|tags| !keep(tags));
+                        under[k].q.retain(keep);
+                        specs[k].remove(|tags| !keep(tags));
                     }
-                    Op::Discard => {
-                        let got = q.discard_deliveries();
-                        spec.remove(|_| true);
-                        prop_assert_eq!(got, spec.released());
+                    Op::Discard(k) => {
+                        let got = under[k].q.discard_deliveries();
+                        specs[k].remove(|_| true);
+                        prop_assert_eq!(got, specs[k].released());
                     }
-                    Op::Clear => {
-                        let got = q.clear();
-                        spec.queued.clear();
-                        spec.head_done = 0;
-                        prop_assert_eq!(got, spec.released());
+                    Op::Clear(k) => {
+                        let got = under[k].q.clear();
+                        specs[k].queued.clear();
+                        specs[k].head_done = 0;
+                        prop_assert_eq!(got, specs[k].released());
                     }
                 }
-                check(&q, &spec, &out)?;
+                for (u, s) in under.iter().zip(&specs) {
+                    check(&u.q, s, &u.out)?;
+                }
+                prop_assert_eq!(pool.used(), pool_used(&specs));
+                prop_assert!(pool.used() <= pool_limit);
                 // Every message offered was queued or dropped, and every drop is announced
                 // or waiting to be.
                 prop_assert_eq!(offered, queued + dropped);
-                prop_assert_eq!(dropped as u64, announced + q.dropped);
+                let waiting: u64 = under.iter().map(|u| u.q.dropped).sum();
+                prop_assert_eq!(dropped as u64, announced + waiting);
             }
-            // The writer finishes: everything left reaches the wire, and nothing is counted.
-            if let Some((mut items, offset)) = taken.take() {
-                q.put_back(&mut items, offset);
-                let (mut model, moffset) = spec.taken.take().unwrap();
-                if !model.is_empty() {
-                    spec.head_done = moffset;
-                    model.append(&mut spec.queued);
-                    spec.queued = model;
+            // The writers finish: everything left reaches the wire, and nothing is counted.
+            for (u, s) in under.iter_mut().zip(&mut specs) {
+                if let Some((mut items, offset)) = u.taken.take() {
+                    u.q.put_back(&mut items, offset);
+                    s.put_back();
                 }
+                let rest = drain_all(&mut u.q);
+                u.out.extend_from_slice(&rest);
+                let (items, offset) = (std::mem::take(&mut s.queued), s.head_done);
+                write(&items, Model::wire, offset, usize::MAX, &mut s.out);
+                s.head_done = 0;
+                check(&u.q, s, &u.out)?;
+                prop_assert_eq!((u.q.msgs, u.q.bytes, u.q.replies), (0, 0, 0));
             }
-            out.extend_from_slice(&drain_all(&mut q));
-            let (items, offset) = (std::mem::take(&mut spec.queued), spec.head_done);
-            write(&items, Model::wire, offset, usize::MAX, &mut spec.out);
-            spec.head_done = 0;
-            check(&q, &spec, &out)?;
-            prop_assert_eq!((q.msgs, q.bytes, q.replies), (0, 0, 0));
+            prop_assert_eq!(pool.used(), 0);
         }
     }
 }

@@ -3,13 +3,12 @@
 //! waits for more, until the connection closes.
 
 use super::io::{self, Outcome, Round, Written};
-use super::{Outbound, State, note_progress};
+use super::{Outbound, State};
 use crate::metrics;
 use parking_lot::MutexGuard;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
 
 /// Stack size of writer threads: they only move pointers and call `sendmsg`.
 const WRITER_STACK: usize = 128 * 1024;
@@ -72,10 +71,9 @@ impl Outbound {
             drop(st);
 
             // The batch goes out in rounds of at most WRITER_ROUND bytes, each accounted as soon
-            // as it is written: publishers waiting in `pace` see the backlog shrink as the peer
-            // reads, not only when the whole batch is out.
+            // as it is written: the queue's room, and the pool's, grow as the peer reads, not
+            // only when the whole batch is out.
             let (mut st, outcome) = loop {
-                let started = Instant::now();
                 let Written {
                     done,
                     offset: rest,
@@ -83,7 +81,6 @@ impl Outbound {
                 } = io::write_items(&*sock, &batch, self.transport, offset, round);
                 offset = rest;
                 let mut st = self.state.lock();
-                note_progress(&mut st, started, &batch, done);
                 self.account(&mut st, batch.drain(..done));
                 if batch.is_empty() || st.closed || !matches!(outcome, Outcome::AllWritten) {
                     break (st, outcome);

@@ -162,6 +162,8 @@ fn a_good_config_file_is_used() {
          max_line_bytes 4096\n\
          max_tags 2\n\
          max_connections 50\n\
+         queue_memory_limit 67108864\n\
+         publisher_pacing 25\n\
          multicast_interface eth0\n"
     );
     let path = config_file("good", &text);
@@ -170,15 +172,18 @@ fn a_good_config_file_is_used() {
     server.wait_log(&format!(
         "listening for HTTP and WebSocket clients on {http}"
     ));
-    // An accepted but unused setting is warned about.
-    assert!(
-        server
-            .log()
-            .iter()
-            .any(|l| l.contains("multicast_interface")),
-        "{:?}",
-        server.log()
-    );
+    // Accepted but unused settings are warned about, and the bound on all queues is told.
+    for what in [
+        "multicast_interface is ignored",
+        "publisher_pacing is ignored",
+        "client queues hold at most 64 MiB together (queue_memory_limit)",
+    ] {
+        assert!(
+            server.log().iter().any(|l| l.contains(what)),
+            "{what}: {:?}",
+            server.log()
+        );
+    }
 
     // The CLI reaches it.
     let out = mist(&["--tcp-addr", &tcp.to_string(), "ping"]);

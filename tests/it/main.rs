@@ -15,6 +15,7 @@ mod hostile;
 mod http_limits;
 mod matching;
 mod pg;
+mod pressure;
 mod security;
 mod shutdown;
 mod smoke;
