@@ -75,7 +75,7 @@ impl Memory {
             .filter(|o| !std::ptr::eq(o.as_ref(), me))
             .map(|o| (o.queued_bytes(), o))
             .collect();
-        held.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        held.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
         let short = need.saturating_sub(self.pool.free());
         let sizes: Vec<usize> = held.iter().map(|h| h.0).collect();
         if short > 0

@@ -445,4 +445,3 @@ impl std::fmt::Debug for Outbound {
         write!(f, "Outbound({}, {:?})", self.peer, self.transport)
     }
 }
-

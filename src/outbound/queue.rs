@@ -195,9 +195,7 @@ impl Item {
     pub(super) fn budget(&self) -> (usize, usize) {
         match self {
             Item::Run { msgs, charge, .. } => (*msgs, *charge),
-            Item::Copy {
-                buf, msgs, ..
-            } => (*msgs, buf.len()),
+            Item::Copy { buf, msgs, .. } => (*msgs, buf.len()),
             Item::Bytes(_) => (0, 0),
         }
     }
@@ -626,7 +624,11 @@ mod tests {
     /// What `Outbound` does for a queue short of room in the pool: trims the queues holding
     /// the most (`others`), largest first, to the highest level that frees enough, then
     /// offers the message again.
-    fn enqueue_pushing_out_refs(q: &mut Queue, others: &mut [&mut Queue], b: &Arc<Batch>) -> Enqueued {
+    fn enqueue_pushing_out_refs(
+        q: &mut Queue,
+        others: &mut [&mut Queue],
+        b: &Arc<Batch>,
+    ) -> Enqueued {
         let enc = encoded(b, q.transport);
         let r = q.enqueue(b, enc, 0..b.len(), true);
         let Some(need) = r.short else { return r };
@@ -639,7 +641,14 @@ mod tests {
                 o.push_out(level);
             }
         }
-        pool.set_biggest(others.iter().map(|o| o.bytes()).max().unwrap_or(0).max(q.bytes()));
+        pool.set_biggest(
+            others
+                .iter()
+                .map(|o| o.bytes())
+                .max()
+                .unwrap_or(0)
+                .max(q.bytes()),
+        );
         q.enqueue(b, enc, 0..b.len(), false)
     }
 
@@ -805,7 +814,11 @@ mod tests {
     fn websocket_frames_encoded_later_are_counted_too() {
         let pool = Arc::new(Pool::new(100_000));
         let mut tcp = Queue::new(Transport::Tcp, limits(100, 100_000), Arc::clone(&pool));
-        let mut ws = Queue::new(Transport::WebSocket, limits(100, 100_000), Arc::clone(&pool));
+        let mut ws = Queue::new(
+            Transport::WebSocket,
+            limits(100, 100_000),
+            Arc::clone(&pool),
+        );
         let b = batch(&[("t", "1")]);
         enqueue(&mut tcp, &b, 0..1);
         let lines = pool.used();
@@ -864,7 +877,11 @@ mod tests {
             assert!((2..=3).contains(&q.msgs()), "{}", q.msgs());
             assert_eq!(q.msgs() + lost, 80);
         }
-        assert!(pool.free() >= 1000, "room for the next message: {}", pool.free());
+        assert!(
+            pool.free() >= 1000,
+            "room for the next message: {}",
+            pool.free()
+        );
     }
 
     #[test]
@@ -1149,7 +1166,13 @@ mod tests {
         /// batch and whose batch fits the room is charged the whole batch, otherwise each
         /// message its own size and the run its tags once. The room is what is left below the
         /// queue's own limit and below the pool's free bytes.
-        fn enqueue(&mut self, batch: &Batch, id: usize, run: Range<usize>, free: usize) -> Enqueued {
+        fn enqueue(
+            &mut self,
+            batch: &Batch,
+            id: usize,
+            run: Range<usize>,
+            free: usize,
+        ) -> Enqueued {
             let enc = encoded(batch, self.transport);
             let sizes: Vec<usize> = run.clone().map(|i| enc.span(i..i + 1).len()).collect();
             let tags = text(batch.tags(run.start)).to_string();
@@ -1161,7 +1184,10 @@ mod tests {
                 if fits > 0 && own(fits) * 4 >= batch.size() && batch.size() <= room {
                     (fits, batch.size(), Some((id, batch.size())))
                 } else {
-                    let n = (0..=fits).rev().find(|&n| n == 0 || tags.len() + own(n) <= room).unwrap();
+                    let n = (0..=fits)
+                        .rev()
+                        .find(|&n| n == 0 || tags.len() + own(n) <= room)
+                        .unwrap();
                     (n, tags.len() + own(n), None)
                 };
             let mut notice = None;
