@@ -182,6 +182,41 @@ impl Broker {
         self.shared.index.read().subscriptions(id)
     }
 
+    /// How many subscriptions each client holds (clients without any are left out). One pass
+    /// under the read lock: publishers go on matching meanwhile.
+    pub fn subscription_counts(&self) -> HashMap<ClientId, usize> {
+        let ix = self.shared.index.read();
+        ix.clients
+            .iter()
+            .map(|(&id, sets)| (id, sets.len()))
+            .collect()
+    }
+
+    /// The `limit` tag sets with the most subscribers, most first (ties in tag order), and the
+    /// number of distinct sets. Under the read lock, only the chosen sets are copied.
+    pub fn top_sets(&self, limit: usize) -> (Vec<(TagSet, usize)>, usize) {
+        let ix = self.shared.index.read();
+        let mut counts: Vec<(usize, SetId)> = ix
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(eid, e)| Some((e.as_ref()?.subs.len(), eid as SetId)))
+            .collect();
+        let distinct = counts.len();
+        let by_count = |a: &(usize, SetId), b: &(usize, SetId)| b.0.cmp(&a.0);
+        if limit < counts.len() {
+            counts.select_nth_unstable_by(limit, by_count);
+            counts.truncate(limit);
+        }
+        let mut top: Vec<(TagSet, usize)> = counts
+            .into_iter()
+            .map(|(n, eid)| (ix.entry(eid).set.clone(), n))
+            .collect();
+        drop(ix);
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.as_str().cmp(b.0.as_str())));
+        (top, distinct)
+    }
+
     /// Removes the client's subscriptions for which `keep` is false, and returns them.
     ///
     /// Under the same write lock (so no publisher can match the old subscriptions any more),

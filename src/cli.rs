@@ -32,6 +32,11 @@ pub struct Args {
     #[argh(option)]
     pub http_addr: Option<String>,
 
+    /// monitoring address: where the server's monitoring listener is (`off` turns it off), or
+    /// the server `mist top` reads (default 127.0.0.1:9445)
+    #[argh(option)]
+    pub monitor_addr: Option<String>,
+
     /// server log level: TRACE, DEBUG, INFO, WARN or ERROR (default INFO)
     #[argh(option)]
     pub log_level: Option<String>,
@@ -65,6 +70,32 @@ pub enum Command {
     Unset(Unset),
     Tags(Tags),
     Bench(Bench),
+    Top(Top),
+}
+
+/// Live view of a running server from its monitoring listener: totals, then one row per
+/// connection, most queued bytes first. Keys: b queued bytes, d drops, s subscriptions, a age,
+/// q quit.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "top",
+    example = "$ mist top\n$ mist top --monitor-addr 127.0.0.1:9445 --sort dropped\n$ mist top --once --limit 20"
+)]
+pub struct Top {
+    /// the server's monitoring listener (default: the global --monitor-addr, else
+    /// 127.0.0.1:9445), e.g. --monitor-addr 127.0.0.1:9445
+    #[argh(option)]
+    pub monitor_addr: Option<String>,
+    /// print one snapshot as a plain table and exit (for scripts)
+    #[argh(switch)]
+    pub once: bool,
+    /// queued_bytes, dropped, subscriptions or age (default queued_bytes)
+    #[argh(option, default = "String::from(\"queued_bytes\")")]
+    pub sort: String,
+    /// most connections --once prints (default 1024)
+    #[argh(option, default = "1024")]
+    pub limit: usize,
 }
 
 /// Check that the server answers; prints `pong`.

@@ -60,8 +60,8 @@ pub fn run(addr: &str, admin_token: Option<&str>, cmd: Command) -> Result<(), Fa
         Command::Set(s) => client.set(&s.tags, &s.token)?,
         Command::Unset(u) => client.unset(&u.tags, &u.token)?,
         Command::Tags(t) => println!("{}", client.tags(&t.token)?.join(",")),
-        // main runs `mist bench` itself.
-        Command::Bench(_) => return Err(Failure::NotAClientCommand),
+        // main runs `mist bench` and `mist top` itself.
+        Command::Bench(_) | Command::Top(_) => return Err(Failure::NotAClientCommand),
     }
     Ok(())
 }

@@ -36,6 +36,8 @@ pub struct PgConfig {
 pub struct Config {
     pub tcp_listen_address: String,
     pub http_listen_address: String,
+    /// The monitoring listener's address; `None` when it is `off`.
+    pub monitor_listen_address: Option<String>,
     pub log_level: LevelFilter,
     pub auth_store: AuthStore,
     pub pg: PgConfig,
@@ -71,6 +73,7 @@ impl Default for Config {
         Config {
             tcp_listen_address: "127.0.0.1:1445".into(),
             http_listen_address: "127.0.0.1:8080".into(),
+            monitor_listen_address: Some(DEFAULT_MONITOR_ADDRESS.into()),
             log_level: LevelFilter::Info,
             auth_store: AuthStore::Memory,
             pg: PgConfig {
@@ -120,8 +123,12 @@ pub enum ConfigError {
 pub struct Overrides {
     pub tcp_addr: Option<String>,
     pub http_addr: Option<String>,
+    pub monitor_addr: Option<String>,
     pub log_level: Option<String>,
 }
+
+/// Where the monitoring listener is unless `monitor_listen_address` says otherwise.
+pub const DEFAULT_MONITOR_ADDRESS: &str = "127.0.0.1:9445";
 
 /// The smallest `max_line_bytes` that still fits a useful command.
 const MIN_LINE_BYTES: usize = 64;
@@ -215,6 +222,7 @@ impl Config {
         let pairs = [
             ("--tcp-addr", "tcp_listen_address", &o.tcp_addr),
             ("--http-addr", "http_listen_address", &o.http_addr),
+            ("--monitor-addr", "monitor_listen_address", &o.monitor_addr),
             ("--log-level", "log_level", &o.log_level),
         ];
         for (flag, key, value) in pairs {
@@ -233,6 +241,12 @@ impl Config {
         match key {
             "tcp_listen_address" => self.tcp_listen_address = address(value)?,
             "http_listen_address" => self.http_listen_address = address(value)?,
+            "monitor_listen_address" => {
+                self.monitor_listen_address = match value {
+                    "off" => None,
+                    _ => Some(address(value).map_err(|e| format!("{e} (or off)"))?),
+                }
+            }
             "log_level" => self.log_level = log_level(value)?,
             "auth_store" => {
                 self.auth_store = match value {
@@ -437,6 +451,7 @@ mod tests {
     fn every_key() {
         let text = "tcp_listen_address 127.0.0.1:1000\n\
                     http_listen_address [::1]:2000\n\
+                    monitor_listen_address 127.0.0.1:3000\n\
                     log_level debug\n\
                     auth_store postgres\n\
                     pg_user mist\n\
@@ -461,6 +476,7 @@ mod tests {
         let c = parse(text).unwrap();
         assert_eq!(c.tcp_listen_address, "127.0.0.1:1000");
         assert_eq!(c.http_listen_address, "[::1]:2000");
+        assert_eq!(c.monitor_listen_address.as_deref(), Some("127.0.0.1:3000"));
         assert_eq!(c.log_level, LevelFilter::Debug);
         assert_eq!(c.auth_store, AuthStore::Postgres);
         assert_eq!(c.pg.user, "mist");
@@ -664,15 +680,32 @@ mod tests {
     }
 
     #[test]
+    fn the_monitoring_listener_can_be_turned_off() {
+        assert_eq!(
+            Config::default().monitor_listen_address.as_deref(),
+            Some("127.0.0.1:9445")
+        );
+        let c = parse("monitor_listen_address off\n").unwrap();
+        assert_eq!(c.monitor_listen_address, None);
+        let e = parse("monitor_listen_address nowhere\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "test.conf:1: monitor_listen_address: 'nowhere' is not host:port (or off)"
+        );
+    }
+
+    #[test]
     fn overrides_win() {
         let mut c = parse("tcp_listen_address 127.0.0.1:1\n").unwrap();
         c.override_with(&Overrides {
             tcp_addr: Some("127.0.0.1:2".into()),
             http_addr: None,
+            monitor_addr: Some("off".into()),
             log_level: Some("WARN".into()),
         })
         .unwrap();
         assert_eq!(c.tcp_listen_address, "127.0.0.1:2");
+        assert_eq!(c.monitor_listen_address, None);
         assert_eq!(c.log_level, LevelFilter::Warn);
         let e = c
             .override_with(&Overrides {
@@ -681,6 +714,23 @@ mod tests {
             })
             .unwrap_err();
         assert!(e.to_string().starts_with("--log-level: "));
+    }
+
+    /// The package's /etc/mist/mist.conf lists every setting of mist.conf, commented out with
+    /// the same default, so an installed server runs on the defaults until edited.
+    #[test]
+    fn packaged_mist_conf_lists_every_setting_commented_out() {
+        let packaged = include_str!("../packaging/mist.conf");
+        assert_eq!(parse(packaged).unwrap(), Config::default());
+        let settings = include_str!("../mist.conf")
+            .lines()
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()));
+        for line in settings {
+            assert!(
+                packaged.lines().any(|p| p == format!("# {line}")),
+                "packaging/mist.conf lacks '# {line}'"
+            );
+        }
     }
 
     #[test]

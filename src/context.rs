@@ -312,8 +312,22 @@ impl Connections {
     }
 
     /// The number of open connections: slots taken.
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count.load(Ordering::Acquire)
+    }
+
+    /// The `max_connections` in force.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// The registered connections' queues, copied out so that no lock is held while they are
+    /// looked at (for the monitoring endpoints).
+    pub fn snapshot(&self) -> Vec<(ClientId, Arc<Outbound>)> {
+        let open = self.open.lock();
+        open.iter()
+            .map(|(&id, out)| (id, Arc::clone(out)))
+            .collect()
     }
 
     /// The number of connection threads running (one per connection; writer threads are not

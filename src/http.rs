@@ -39,12 +39,28 @@ pub fn accept(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let live = ctx.track(&sock);
     let slot = ctx.reserve();
     let ctx2 = Arc::clone(ctx);
+    // Kept to answer the client if its thread cannot be had.
+    let answer = Arc::clone(&sock);
     let spawned = net::spawn(format!("mist-http {peer}"), net::WS_STACK, move || {
         let _live = live;
         handle(&ctx2, sock, peer, slot);
     });
     if let Err(e) = spawned {
-        log::error!("{peer}: cannot start a connection thread: {e}");
+        // Out of memory mappings, process ids or threads (see `capacity.rs`): refused like an
+        // upgrade over max_connections. The request is not read; the accept loop must not
+        // wait on this client.
+        metrics::add(&ctx.metrics.thread_start_failures, 1);
+        metrics::add(&ctx.metrics.connections_refused, 1);
+        log::error!("{peer}: refused, cannot start a connection thread: {e}");
+        let body = "server busy: no thread for this connection\n";
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: {}\r\nconnection: close\r\n\
+             content-type: text/plain; charset=utf-8\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = answer.set_write_timeout(Some(Duration::from_millis(100)));
+        let _ = (&*answer).write_all(response.as_bytes());
+        net::close_without_reset(&answer);
     }
 }
 

@@ -42,12 +42,16 @@
 //! - `auth`: the token store trait, its stores, and the token rules ([`Tokens`]).
 //! - `brake`: the per-address budget of failed attempts, and summarised logging (pure core).
 //! - `metrics`: counters and their Prometheus form.
+//! - `monitor`: the monitoring listener: `/healthz`, `/varz`, `/connz`, `/subsz`, `/metrics`.
+//! - `health`: whether the configured backends can be reached, for `/healthz`.
+//! - `capacity`: the kernel limits on connections, warned about at start; the thread budget.
 //! - `report`: an error and its causes on one line.
 //! - `server`: the listeners, their accept loops, and shutdown.
 //! - `cluster`: several nodes as one (`cluster postgres`): the bus between them.
 //! - `relay`: the hook through which publishes and token changes reach the bus.
 //! - [`client`]: [`Client`], the blocking client of the line protocol that programs (and
 //!   `mist publish ...`) use.
+//! - [`top`]: `mist top`, the live terminal view of a server's monitoring endpoints.
 //! - [`cli`]: command-line arguments.
 //!
 //! The `mist` binary (`src/main.rs`) has modules of its own: `process` (log, panics, malloc,
@@ -61,6 +65,7 @@
 mod auth;
 mod brake;
 mod broker;
+mod capacity;
 pub mod cli;
 pub mod client;
 mod cluster;
@@ -68,8 +73,10 @@ pub mod config;
 mod console;
 mod context;
 mod fanout;
+mod health;
 mod message;
 mod metrics;
+mod monitor;
 mod net;
 mod outbound;
 mod pending;
@@ -77,6 +84,7 @@ mod relay;
 mod report;
 mod server;
 mod tcp;
+pub mod top;
 mod ws;
 mod wsframe;
 

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         .admin_token
         .or_else(|| std::env::var("MIST_ADMIN_TOKEN").ok());
     let cmd = match cmd {
+        Command::Top(top) => return run_top(top, args.monitor_addr),
         Command::Bench(bench) => {
             let globals = bench::Globals {
                 tcp_addr: args.tcp_addr,
@@ -48,6 +49,40 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mist: {}", ErrorChain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `mist top`: exit code 2 for bad arguments, 1 when the server cannot be read.
+fn run_top(top: mist::cli::Top, global_addr: Option<String>) -> ExitCode {
+    let Some(sort) = mist::top::Sort::from_name(&top.sort) else {
+        eprintln!(
+            "mist top: --sort must be queued_bytes, dropped, subscriptions or age, not '{}'",
+            top.sort
+        );
+        return ExitCode::from(2);
+    };
+    if top.limit == 0 || top.limit > mist::top::MAX_LIMIT {
+        eprintln!(
+            "mist top: --limit must be from 1 to {}",
+            mist::top::MAX_LIMIT
+        );
+        return ExitCode::from(2);
+    }
+    let opts = mist::top::Options {
+        addr: top
+            .monitor_addr
+            .or(global_addr)
+            .unwrap_or_else(|| mist::config::DEFAULT_MONITOR_ADDRESS.to_string()),
+        sort,
+        limit: top.limit,
+        once: top.once,
+    };
+    match mist::top::run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mist top: {e}");
             ExitCode::from(1)
         }
     }
@@ -75,6 +110,7 @@ fn serve(args: &Args) -> ExitCode {
     let overrides = Overrides {
         tcp_addr: args.tcp_addr.clone(),
         http_addr: args.http_addr.clone(),
+        monitor_addr: args.monitor_addr.clone(),
         log_level: args.log_level.clone(),
     };
     if let Err(e) = config.override_with(&overrides) {

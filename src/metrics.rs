@@ -19,6 +19,8 @@ pub struct Metrics {
     pub connections_accepted: AtomicU64,
     /// Connections refused because `max_connections` were open.
     pub connections_refused: AtomicU64,
+    /// Connection and writer threads the system refused to start (see `capacity.rs`).
+    pub thread_start_failures: AtomicU64,
     /// Subscriptions held (gauge).
     pub subscriptions: AtomicU64,
     /// Messages published.
@@ -101,8 +103,14 @@ impl Metrics {
         metric(
             "mist_connections_refused_total",
             "counter",
-            "Client connections refused because max_connections was reached.",
+            "Client connections refused: max_connections was reached, or no thread could be started.",
             &[("", g(&self.connections_refused))],
+        );
+        metric(
+            "mist_thread_start_failures_total",
+            "counter",
+            "Connection and writer threads the system refused to start (see vm.max_map_count).",
+            &[("", g(&self.thread_start_failures))],
         );
         metric(
             "mist_subscriptions",

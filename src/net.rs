@@ -3,7 +3,6 @@
 
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
-use std::thread;
 use std::time::Duration;
 
 /// Stack size of connection threads. They parse, match and copy; nothing recursive runs on
@@ -43,16 +42,34 @@ pub fn configure_socket(stream: &TcpStream, write_timeout: Duration) -> io::Resu
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
-/// Starts a connection thread named `name` with a stack of `stack` bytes.
+/// Starts a connection thread named `name` with a stack of `stack` bytes, within the thread
+/// budget (see `capacity.rs`).
 ///
 /// # Errors
-/// The system cannot create another thread; `f` is dropped then, with whatever it holds.
+/// No thread can be had: the budget under `vm.max_map_count` is spent, or the system cannot
+/// create another; `f` is dropped then, with whatever it holds.
 pub fn spawn(name: String, stack: usize, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    thread::Builder::new()
-        .name(name)
-        .stack_size(stack)
-        .spawn(f)
-        .map(drop)
+    crate::capacity::spawn(name, stack, f).map(drop)
+}
+
+/// Ends a refused connection without waiting: half-closes it, then reads and discards what the
+/// client has already sent. Closing a socket with unread input makes the kernel send a reset
+/// instead of a FIN, and a client that sent its first command at once would then lose the
+/// refusal written before it. What arrives after this is still answered with a reset; the
+/// accept loop cannot linger.
+pub fn close_without_reset(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let mut budget: usize = 64 * 1024;
+    while budget > 0 {
+        match (&*stream).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => budget = budget.saturating_sub(n),
+        }
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit: each connection takes one.

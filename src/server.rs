@@ -1,17 +1,20 @@
 //! The server: its two listeners, their accept loops, and shutdown.
 
 use crate::auth::TokenStore;
+use crate::capacity::{self, Kernel};
 use crate::cluster::postgres::PgEngine;
 use crate::cluster::{Bus, BusError};
-use crate::config::{Cluster, Config, default_node_name};
+use crate::config::{AuthStore, Cluster, Config, DEFAULT_MONITOR_ADDRESS, default_node_name};
 use crate::context::Context;
+use crate::health::{BusProbe, Health, PgProbe, Probe};
 use crate::metrics;
+use crate::monitor::{Identity, Monitor};
 use crate::net;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// How long shutdown waits for connection threads to end once their sockets are closed. They
 /// end at once unless one is waiting on the token store (PostgreSQL: at most a checkout and a
@@ -47,6 +50,8 @@ pub struct Server {
     acceptors: Vec<JoinHandle<()>>,
     /// The node's place in its cluster, with `cluster postgres`.
     bus: Option<Bus>,
+    /// The monitoring listener, unless `monitor_listen_address off`.
+    monitor: Option<Monitor>,
 }
 
 impl Server {
@@ -59,6 +64,12 @@ impl Server {
     pub fn start(config: Config, store: Box<dyn TokenStore>) -> Result<Server, StartError> {
         config.check().map_err(StartError::Config)?;
         net::raise_fd_limit();
+        for shortfall in capacity::warnings(config.max_connections as u64, &Kernel::read()) {
+            log::warn!(
+                "max_connections {} cannot be reached: {shortfall}",
+                config.max_connections
+            );
+        }
         let somaxconn = somaxconn();
         let backlog = listen_backlog(config.max_connections, somaxconn);
         log::debug!(
@@ -68,6 +79,7 @@ impl Server {
         );
         let (tcp, tcp_addr) = bind(&config.tcp_listen_address, backlog)?;
         let (http, http_addr) = bind(&config.http_listen_address, backlog)?;
+        let monitor = bind_monitor(config.monitor_listen_address.as_deref())?;
         let node = config
             .node_name
             .clone()
@@ -88,12 +100,33 @@ impl Server {
         };
         log::info!("node {node}");
         log_queue_limits(&ctx);
+        let monitor = match monitor {
+            Some(listener) => {
+                let identity = Identity {
+                    node_name: node.clone(),
+                    tcp: tcp_addr,
+                    http: http_addr,
+                    started: SystemTime::now(),
+                };
+                let health = Health::start(probes(&ctx));
+                let m = Monitor::start(listener, Arc::clone(&ctx), identity, health).map_err(
+                    |source| StartError::Bind {
+                        addr: "the monitoring listener".into(),
+                        source,
+                    },
+                )?;
+                log::info!("monitoring on http://{}", m.addr());
+                Some(m)
+            }
+            None => None,
+        };
         let mut server = Server {
             ctx,
             tcp_addr,
             http_addr,
             acceptors: Vec::new(),
             bus,
+            monitor,
         };
         let listeners: [(&'static str, TcpListener, Handler); 2] = [
             ("mist-accept-tcp", tcp, crate::tcp::accept),
@@ -130,6 +163,11 @@ impl Server {
         &self.ctx
     }
 
+    /// The address of the monitoring listener, unless it is `off`.
+    pub fn monitor_addr(&self) -> Option<SocketAddr> {
+        self.monitor.as_ref().map(Monitor::addr)
+    }
+
     /// Stops accepting, closes every connection, and waits for the listeners and (at most
     /// `SHUTDOWN_GRACE`, 10 s) for the connections' threads to end.
     pub fn shutdown(mut self) {
@@ -156,6 +194,41 @@ impl Server {
         if left > 0 {
             log::warn!("{left} connection threads still running after {SHUTDOWN_GRACE:?}");
         }
+        if let Some(m) = self.monitor.take() {
+            m.shutdown();
+        }
+    }
+}
+
+/// What `/healthz` checks besides the server itself: PostgreSQL when the token store uses it,
+/// and the cluster bus's links when the node is part of a cluster.
+fn probes(ctx: &Context) -> Vec<Box<dyn Probe>> {
+    let mut probes: Vec<Box<dyn Probe>> = Vec::new();
+    if ctx.config.auth_store == AuthStore::Postgres {
+        probes.push(Box::new(PgProbe::new("token store", &ctx.config.pg)));
+    }
+    if let Some(bus) = ctx.metrics.bus.get() {
+        probes.push(Box::new(BusProbe::new(Arc::clone(bus))));
+    }
+    probes
+}
+
+/// Binds the monitoring listener. The built-in default address is allowed to be taken (by
+/// another mist on the same host, say): the server then runs without it, with a warning. An
+/// address that was configured must be bound.
+fn bind_monitor(addr: Option<&str>) -> Result<Option<TcpListener>, StartError> {
+    let Some(addr) = addr else { return Ok(None) };
+    match bind(addr, 128) {
+        Ok((l, _)) => Ok(Some(l)),
+        Err(StartError::Bind { source, .. })
+            if addr == DEFAULT_MONITOR_ADDRESS && source.kind() == io::ErrorKind::AddrInUse =>
+        {
+            log::warn!(
+                "the monitoring listener is off: {addr} is in use (set monitor_listen_address)"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -19,34 +19,48 @@ use std::time::Duration;
 /// otherwise starts its thread, which holds the connection's slot from the first byte.
 pub fn accept(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let Some(slot) = ctx.reserve() else {
-        refuse(ctx, stream, peer);
+        refuse_full(ctx, &stream, peer);
         return;
     };
     let sock = Arc::new(stream);
     let live = ctx.track(&sock);
     let ctx2 = Arc::clone(ctx);
+    // Kept to answer the client if its thread cannot be had.
+    let answer = Arc::clone(&sock);
     let spawned = net::spawn(format!("mist-tcp {peer}"), net::CONN_STACK, move || {
         let _live = live;
         run(&ctx2, slot, sock, peer);
     });
     if let Err(e) = spawned {
-        log::error!("{peer}: cannot start a connection thread: {e}");
+        // Out of memory mappings, process ids or threads (see `capacity.rs`): refused like a
+        // client over max_connections (the slot went back with the closure), not a reset.
+        metrics::add(&ctx.metrics.thread_start_failures, 1);
+        log::error!("{peer}: refused, cannot start a connection thread: {e}");
+        refuse(ctx, &answer, "server busy: no thread for this connection");
     }
 }
 
-fn refuse(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
-    metrics::add(&ctx.metrics.connections_refused, 1);
+/// The refusal of a client over `max_connections`.
+fn refuse_full(ctx: &Context, stream: &TcpStream, peer: SocketAddr) {
     log::warn!(
         "{peer}: refused, max_connections ({}) reached",
         ctx.config.max_connections
     );
-    let reply = line::error_reply(&format!(
+    let reason = format!(
         "too many connections (max_connections {})",
         ctx.config.max_connections
-    ));
+    );
+    refuse(ctx, stream, &reason);
+}
+
+/// Answers a refused client with one `error` line; the caller closes the socket.
+fn refuse(ctx: &Context, mut stream: &TcpStream, reason: &str) {
+    metrics::add(&ctx.metrics.connections_refused, 1);
+    let reply = line::error_reply(reason);
     // The accept loop must not wait on a client that does not read.
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     let _ = stream.write_all(&reply);
+    net::close_without_reset(stream);
 }
 
 /// The connection's reader thread.

@@ -113,6 +113,7 @@ impl Outbound {
             return;
         }
         let (lost, notice) = st.queue.push_out(to);
+        st.dropped_total += lost as u64;
         drop(st);
         if lost > 0 {
             metrics::add(&self.metrics.drops, lost as u64);

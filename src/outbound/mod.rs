@@ -46,7 +46,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::Range;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub use memory::Memory;
 pub use queue::Pool;
@@ -56,6 +56,21 @@ pub use queue::Pool;
 pub enum Transport {
     Tcp,
     WebSocket,
+}
+
+/// A connection's queue counters at one moment (see [`Outbound::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Deliveries waiting, including those being written.
+    pub queued_msgs: usize,
+    /// Bytes they are charged.
+    pub queued_bytes: usize,
+    /// Deliveries queued since the connection opened (`mist_deliveries_total` per client).
+    pub delivered: u64,
+    /// Deliveries dropped since the connection opened.
+    pub dropped: u64,
+    /// The writer thread is running.
+    pub writer_running: bool,
 }
 
 /// Bounds of one client's queue.
@@ -81,6 +96,12 @@ struct State {
     busy: bool,
     /// The writer thread has been started.
     writer_started: bool,
+    /// The writer thread is running: started, and not ended.
+    writer_running: bool,
+    /// Deliveries queued since the connection opened (for the monitoring endpoints).
+    delivered_total: u64,
+    /// Deliveries dropped since the connection opened.
+    dropped_total: u64,
     /// No new items; shut down once the queue is written.
     closing: bool,
     /// Done: nothing more is written and the writer thread exits.
@@ -98,6 +119,8 @@ pub struct Outbound {
     limits: Limits,
     metrics: Arc<Metrics>,
     peer: SocketAddr,
+    /// When the connection opened.
+    since: SystemTime,
     /// A mutex, not a channel: a writer that could only partly write must put the rest back at
     /// the head of the queue, and "queue empty and nobody writing" must be decided atomically
     /// with taking over the socket. Held for pointer moves only.
@@ -133,10 +156,14 @@ impl Outbound {
             limits,
             metrics,
             peer,
+            since: SystemTime::now(),
             state: Mutex::new(State {
                 queue: Queue::new(transport, limits, pool),
                 busy: false,
                 writer_started: false,
+                writer_running: false,
+                delivered_total: 0,
+                dropped_total: 0,
                 closing: false,
                 closed: false,
                 sock: Some(sock),
@@ -157,6 +184,24 @@ impl Outbound {
     /// The peer's address, for logs.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// When the connection opened.
+    pub fn since(&self) -> SystemTime {
+        self.since
+    }
+
+    /// A copy of the queue's counters, for the monitoring endpoints. The queue lock is held
+    /// only to copy them, as when a publisher queues a delivery.
+    pub fn stats(&self) -> QueueStats {
+        let st = self.state.lock();
+        QueueStats {
+            queued_msgs: st.queue.msgs(),
+            queued_bytes: st.queue.bytes(),
+            delivered: st.delivered_total,
+            dropped: st.dropped_total,
+            writer_running: st.writer_running,
+        }
     }
 
     /// Queues messages `run` of a batch (a run of messages with the same tags), dropping the
@@ -194,6 +239,8 @@ impl Outbound {
         if let Some(n) = notice {
             self.noticed(n);
         }
+        st.delivered_total += queued as u64;
+        st.dropped_total += dropped as u64;
         drop(st);
         metrics::add(&self.metrics.deliveries, queued as u64);
         if dropped > 0 {

@@ -288,8 +288,7 @@ impl Queue {
     }
 
     /// Deliveries waiting, taken ones included.
-    #[cfg(test)]
-    fn msgs(&self) -> usize {
+    pub(super) fn msgs(&self) -> usize {
         self.msgs
     }
 

@@ -8,7 +8,6 @@ use crate::metrics;
 use parking_lot::MutexGuard;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::thread;
 
 /// Stack size of writer threads: they only move pointers and call `sendmsg`.
 const WRITER_STACK: usize = 128 * 1024;
@@ -24,17 +23,21 @@ impl Outbound {
             return;
         }
         st.writer_started = true;
+        st.writer_running = true;
         drop(st);
         let me = Arc::clone(self);
         let mut writer = self.writer.lock();
-        let spawned = thread::Builder::new()
-            .name(self.writer_name.clone())
-            .stack_size(WRITER_STACK)
-            .spawn(move || me.run_writer());
+        // Within the thread budget (see `capacity.rs`), like connection threads.
+        let spawned = crate::capacity::spawn(self.writer_name.clone(), WRITER_STACK, move || {
+            me.run_writer();
+            me.state.lock().writer_running = false;
+        });
         match spawned {
             Ok(handle) => *writer = Some(handle),
             Err(e) => {
                 drop(writer);
+                self.state.lock().writer_running = false;
+                metrics::add(&self.metrics.thread_start_failures, 1);
                 log::error!("{}: cannot start a writer thread ({e}); closing", self.peer);
                 self.close();
             }

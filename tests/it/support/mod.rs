@@ -34,6 +34,8 @@ pub fn test_config() -> Config {
     Config {
         tcp_listen_address: "127.0.0.1:0".into(),
         http_listen_address: "127.0.0.1:0".into(),
+        // Off unless a test turns it on (on 127.0.0.1:0): most tests do not need its threads.
+        monitor_listen_address: None,
         ..Config::default()
     }
 }
@@ -43,6 +45,8 @@ pub struct TestServer {
     server: Option<Server>,
     pub tcp: SocketAddr,
     pub http: SocketAddr,
+    /// The monitoring listener, when the config turned it on.
+    pub monitor: Option<SocketAddr>,
 }
 
 impl TestServer {
@@ -64,6 +68,7 @@ impl TestServer {
         TestServer {
             tcp: server.tcp_addr(),
             http: server.http_addr(),
+            monitor: server.monitor_addr(),
             server: Some(server),
         }
     }
