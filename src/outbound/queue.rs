@@ -634,7 +634,7 @@ mod tests {
         let Some(need) = r.short else { return r };
         let pool = Arc::clone(&q.pool);
         let mut held: Vec<usize> = others.iter().map(|o| o.bytes()).collect();
-        held.sort_unstable_by(|a, b| b.cmp(a));
+        held.sort_unstable_by_key(|&b| std::cmp::Reverse(b));
         let short = need.saturating_sub(pool.free());
         if let Some(level) = trim_level(&held, need, short) {
             for o in others.iter_mut() {
