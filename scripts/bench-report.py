@@ -393,6 +393,19 @@ if slow:
     p()
     p("Slow subscribers are read until they have every message or its notice. Stalled ones are read once the run")
     p("is over, until their notice: what their queues and the kernel kept is delivered then.\n")
+p("## All figures (medians)\n")
+p("| scenario | system | deliveries/s (min–max) | publish/s | p50 µs | p99 µs (min–max) | server CPU µs/delivery | client CPU s | lost (worst run) | RSS KB/conn | end |")
+p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+for (sc, sys_), s in S.items():
+    if not s:
+        continue
+    lo, hi = s["rate_spread"]
+    plo, phi = s["p99_spread"]
+    label = "mist (TCP, W run)" if sys_ == "mist-tcp-w" else sys_
+    p(f"| {sc} | {label} | {num(s['rate'])} ({num(lo)}–{num(hi)}) | {num(s['pub_rate'])} | {num(s['p50'])} | "
+      f"{num(s['p99'])} ({num(plo)}–{num(phi)}) | {num(s['cpu'], 3)} | {num(s['client_cpu'], 2)} | {s['lost_max']} | "
+      f"{num(s['rss'], 1)} | {', '.join(s['ends'])} |")
+p()
 p("Scenario commands (pubbench, 64-byte payloads): A `--subs 100 --msgs 100000`; B `--subs 1 --pubs 4 --msgs 250000`;")
 p("C `--subs 100 --msgs 20000 --rate 5000`; D0/D `--subs 1 --msgs 200000` without/with `--noise-subs 100000 --noise-conns 10`;")
 p("D0L/DL the same with 2,000,000 messages; E `--subs 5000 --msgs 200 --rate 50`;")
