@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Writes BENCHMARKS.md (to stdout) from the results scripts/bench collected in a directory.
+"""Writes BENCHMARKS.md (to stdout) from the results scripts/bench collected in a directory,
+and, when a second argument names an SVG file and matplotlib is installed, the chart of mist
+against Redis and NATS.
 
 Every figure is the median of the runs made, with the min-max spread; ratios are taken between
 medians measured in the same session, on the same machine.
@@ -15,6 +17,7 @@ import subprocess
 import sys
 
 OUT = sys.argv[1]
+CHART = sys.argv[2] if len(sys.argv) > 2 else None
 
 
 def load(name):
@@ -110,6 +113,7 @@ stall = load_bench("stall.jsonl")
 isolation = load_bench("isolation.jsonl")
 wbench = load_bench("wbench.jsonl")
 connects = load_bench("connect.jsonl")
+slow = load_bench("slow.jsonl")
 bursts = load_bench("connect-burst.jsonl")
 
 S = {}
@@ -147,7 +151,8 @@ p("  the CPUs; all traffic is on loopback.")
 p(f"- **Servers:** `{mist_v}` (release build, `{rustc_v}`); `{redis_v}`; `{nats_v}`. Each with")
 p("  its defaults, a fresh process per run.")
 p("- **Load generator:** pubbench (`../shared/pubbench`, the same client code for all three), run by")
-p("  its `scripts/anchors.sh`; scenario F for mist with `mist bench --stalled` (see below).")
+p("  its `scripts/anchors.sh`; scenario F, and the publisher with slow readers, for mist with `mist bench`")
+p("  (`--stalled`, `--slow`; see below).")
 p(f"- **Runs:** {n_runs} per scenario and system. Every figure is the **median** of the runs, with the")
 p("  min–max spread where it matters; ratios compare medians from this same session.")
 p(f"- **Reproduce:** `scripts/bench` (raw JSON lines in `{OUT}/`).\n")
@@ -229,6 +234,165 @@ for name, r_, n_, m_, t_, ok in rows:
     p(f"| {name} | {r_} | {n_} | {m_} | {t_} | {mark(ok)} |")
 p()
 
+# The chart: per scenario, each system's median as a ratio to the better of Redis and NATS
+# (higher is better, whatever the metric), with the min-max spread of its runs.
+CHARTED = [
+    # (label, scenario, value of one run, higher is better)
+    ("A fan-out\ndeliveries/s", "A", lambda r: r["delivery_rate"], True),
+    ("B fan-in\ndeliveries/s", "B", lambda r: r["delivery_rate"], True),
+    ("C latency\np99", "C", lambda r: r["latency_us"]["p99"], False),
+    ("C server CPU\nper delivery", "C", cpu_per_delivery, False),
+    ("D0L fan-out\n2M msgs", "D0L", lambda r: r["delivery_rate"], True),
+    ("DL with 100,000\nidle subscriptions", "DL", lambda r: r["delivery_rate"], True),
+    ("E memory per\nidle subscriber", "E", rss_per_conn, False),
+]
+
+
+def chart_rows():
+    """(label, {system: (ratio, low, high)}) for each charted scenario with all three systems."""
+    out = []
+    for label, sc, value, higher in CHARTED:
+        vals = {}
+        for sys_ in ["redis", "nats", "mist"]:
+            vs = [value(r) for r in runs(anchors, sc, sys_)]
+            vs = [v for v in vs if v]
+            if vs:
+                vals[sys_] = vs
+        if len(vals) < 3:
+            continue
+        meds = {k: statistics.median(v) for k, v in vals.items()}
+        best = max(meds["redis"], meds["nats"]) if higher else min(meds["redis"], meds["nats"])
+
+        def ratio(v):
+            return v / best if higher else best / v
+        out.append((label, {k: (ratio(meds[k]), min(ratio(v) for v in vals[k]), max(ratio(v) for v in vals[k]))
+                            for k in vals}))
+    return out
+
+
+def draw_chart(path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench-report: matplotlib is missing, no chart", file=sys.stderr)
+        return False
+    data = chart_rows()
+    if not data:
+        return False
+    matplotlib.rcParams["svg.hashsalt"] = "mist"  # the same ids for the same figures
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    colors = {"redis": "#c44e52", "nats": "#4c72b0", "mist": "#2ca02c"}
+    names = {"redis": "Redis", "nats": "NATS", "mist": "mist"}
+    width = 0.26
+    for i, sys_ in enumerate(["redis", "nats", "mist"]):
+        xs = [j + (i - 1) * width for j in range(len(data))]
+        med_ = [d[1][sys_][0] for d in data]
+        lo = [d[1][sys_][0] - d[1][sys_][1] for d in data]
+        hi = [d[1][sys_][2] - d[1][sys_][0] for d in data]
+        ax.bar(xs, med_, width, color=colors[sys_], label=names[sys_], yerr=[lo, hi], capsize=3,
+               error_kw={"elinewidth": 1, "ecolor": "#333333"})
+        if sys_ == "mist":
+            for x, d in zip(xs, data):
+                m, _, top = d[1][sys_]
+                ax.annotate(f"{m:.2f}×", (x, top), textcoords="offset points", xytext=(0, 3),
+                            ha="center", va="bottom", fontsize=8, fontweight="bold")
+    ax.axhline(1.0, color="#555555", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(data)))
+    ax.set_xticklabels([d[0] for d in data], fontsize=8)
+    ax.set_ylabel("relative to the better of Redis and NATS\n(higher is better)", fontsize=9)
+    ax.set_yscale("log")
+    lows = [v[1] for d in data for v in d[1].values()]
+    highs = [v[2] for d in data for v in d[1].values()]
+    ax.set_ylim(min(lows + [1]) / 1.3, max(highs + [1]) * 1.4)
+    ticks = [t for t in [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16, 32]
+             if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    ax.set_yticks(ticks)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    n = min(len(runs(anchors, sc, s_)) for _, sc, _, _ in CHARTED for s_ in ["redis", "nats", "mist"]
+            if runs(anchors, sc, "mist"))
+    ax.set_title(f"mist, Redis and NATS on {cpus} vCPUs: medians of {n}+ runs, whiskers from the "
+                 f"worst to the best run", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, format="svg", metadata={"Date": None})
+    return True
+
+
+if CHART and draw_chart(CHART):
+    p(f"![mist against Redis and NATS, per scenario]({os.path.basename(CHART)})\n")
+    p("Each bar is a system's median as a ratio to the better of Redis and NATS in that scenario, turned so that")
+    p("higher is better (for latency, CPU and memory: the better peer's figure over the system's); the whiskers")
+    p("span the system's slowest and fastest runs, as ratios to the same median.\n")
+
+# Losses of subscribers that read, run by run: the promise is that they lose nothing.
+
+
+def loss_row(name, system, results, lost=lambda r: r["lost"], delivered=lambda r: r["delivered"]):
+    if not results:
+        return None
+    losses = [lost(r) for r in results]
+    return (name, system, len(results), sum(1 for x in losses if x), max(losses),
+            sum(delivered(r) for r in results))
+
+
+loss_rows = []
+for sc in ["A", "B", "C"]:
+    for sys_ in ["redis", "nats", "mist"]:
+        loss_rows.append(loss_row(f"{sc} (pubbench)", sys_, runs(anchors, sc, sys_)))
+for sc in ["A", "C"]:
+    loss_rows.append(loss_row(f"W-{sc}, WebSocket subscribers (pubbench)", "mist", runs(ws, sc, "mist-ws")))
+for t in ["tcp", "ws"]:
+    loss_rows.append(loss_row(f"fan-out over {t} (`mist bench`, 100 subscribers)", "mist",
+                              [r for r in wbench if r["transport"] == t]))
+loss_rows.append(loss_row("F: the 8 that read, beside 2 stalled (`mist bench --stalled 2`)", "mist", stall))
+loss_rows.append(loss_row("3 readers, 1,000,000 × 100 B (`mist bench --subs 3`)", "mist",
+                          [r for r in slow if r.get("kind") == "fast"]))
+loss_rows = [r for r in loss_rows if r]
+if loss_rows:
+    p("## Subscribers that read lose nothing\n")
+    p("Every run of every scenario, the subscribers that read as fast as they can (stalled and slow ones are")
+    p("counted apart):\n")
+    p("| scenario | system | runs | runs with a loss | most lost in a run | delivered in all runs |")
+    p("|---|---|---:|---:|---:|---:|")
+    for name, system, n, with_loss, worst, delivered in loss_rows:
+        p(f"| {name} | {system} | {n} | {with_loss} | {num(worst)} | {num(delivered)} |")
+    p()
+
+if slow:
+    p("## The publisher with fast, slow and stalled subscribers\n")
+    p("One publisher sends 1,000,000 messages of 100 bytes to 3 subscribers that read as fast as they can")
+    p("(`mist bench --subs 3`), that read 64 KiB and then pause 2 ms, a quarter of the publisher's rate")
+    p("(`--subs 0 --slow 3 --slow-read 65536 --slow-pause 2`), or that never read (`--subs 0 --stalled 3`); a fresh")
+    p("server per run. The publisher's time runs from its first message to the `pong` answering the `ping` after")
+    p("its last: by then the server has queued or dropped every message. A publisher is never slowed down by")
+    p("subscribers, so the three should be alike.\n")
+    p("| subscribers | runs | publisher's time to its pong, s (min–max) | messages they lost, median (min–max) | losses announced, median |")
+    p("|---|---:|---:|---:|---:|")
+    for kind, label in [("fast", "3 that read as fast as they can"), ("slow", "3 that read 64 KiB per 2 ms"),
+                        ("stalled", "3 that never read")]:
+        rs = [r for r in slow if r.get("kind") == kind]
+        if not rs:
+            continue
+        pong = [r.get("pong_secs") for r in rs]
+        lo, hi = spread(pong)
+        if kind == "fast":
+            lost, told = [r["lost"] for r in rs], [r["dropped_notified"] for r in rs]
+        elif kind == "slow":
+            lost = [r["slow_expected"] - r["slow_delivered"] for r in rs]
+            told = [r["slow_dropped_told"] for r in rs]
+        else:
+            lost, told = [], [r["stalled_dropped_told"] for r in rs]
+        llo, lhi = spread(lost)
+        lost_s = f"{num(med(lost))} ({num(llo)}–{num(lhi)})" if lost else "—"
+        p(f"| {label} | {len(rs)} | {num(med(pong), 3)} ({num(lo, 3)}–{num(hi, 3)}) | {lost_s} | {num(med(told))} |")
+    p()
+    p("Slow subscribers are read until they have every message or its notice. Stalled ones are read once the run")
+    p("is over, until their notice: what their queues and the kernel kept is delivered then.\n")
 p("## All figures (medians)\n")
 p("| scenario | system | deliveries/s (min–max) | publish/s | p50 µs | p99 µs (min–max) | server CPU µs/delivery | client CPU s | lost (worst run) | RSS KB/conn | end |")
 p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")

@@ -6,9 +6,13 @@
 //!    `ping`, and wait for every `pong`.
 //! 3. Open the subscribers, each confirmed (`pong`, or the WebSocket subscribe reply).
 //! 4. Open the publishers, each confirmed with a `ping`.
-//! 5. Release the publishers together; reader threads count deliveries; the run ends when
-//!    every subscriber has everything, when deliveries stop for `--idle` seconds after the
-//!    publishers finished, or at `--timeout`.
+//! 5. Release the publishers together; reader threads count deliveries; each publisher sends
+//!    a `ping` after its last message, and its `pong` says when the server had taken them all.
+//!    The run ends when every subscriber has everything and every publisher its `pong`, when
+//!    deliveries stop for `--idle` seconds after the publishers finished, or at `--timeout`.
+//!    Stalled subscribers (`--stalled`) never read; slow ones (`--slow`) read a little and
+//!    pause, each on a thread of its own; both are counted apart, and read until their notice
+//!    once the run is over.
 //! 6. Read the server's CPU time and memory while every connection is still open, then close.
 
 use super::net::{self, Control, Deadline};

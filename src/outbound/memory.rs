@@ -107,21 +107,27 @@ impl Outbound {
 
     /// Pushes out this client's newest deliveries until it holds at most `to` bytes; they
     /// count as dropped (for `queue_memory_limit`), and the client is told as usual.
-    fn push_out(self: &Arc<Self>, to: usize) {
+    ///
+    /// Called by a publisher that holds the index lock, so it writes nothing itself: a notice
+    /// queued here (when nothing was left to announce the losses later) is written by the
+    /// client's writer thread, woken if it waits, or by whoever writes to it next.
+    fn push_out(&self, to: usize) {
         let mut st = self.state.lock();
         if st.closed {
             return;
         }
         let (lost, notice) = st.queue.push_out(to);
         st.dropped_total += lost as u64;
+        if let Some(n) = notice {
+            self.noticed(n);
+            if st.writer_started && !st.busy {
+                self.work.notify_one();
+            }
+        }
         drop(st);
         if lost > 0 {
             metrics::add(&self.metrics.drops, lost as u64);
             metrics::add(&self.metrics.drops_memory_limit, lost as u64);
-        }
-        if let Some(n) = notice {
-            self.noticed(n);
-            self.flush();
         }
     }
 }

@@ -633,7 +633,7 @@ mod tests {
         let Some(need) = r.short else { return r };
         let pool = Arc::clone(&q.pool);
         let mut held: Vec<usize> = others.iter().map(|o| o.bytes()).collect();
-        held.sort_unstable_by(|a, b| b.cmp(a));
+        held.sort_unstable_by_key(|&b| std::cmp::Reverse(b));
         let short = need.saturating_sub(pool.free());
         if let Some(level) = trim_level(&held, need, short) {
             for o in others.iter_mut() {
@@ -784,6 +784,38 @@ mod tests {
     /// `n` messages of `len` bytes of data for tag `tag`, one batch each.
     fn batches(tag: &str, n: usize, len: usize) -> Vec<Arc<Batch>> {
         (0..n).map(|i| batch(&[(tag, &data(i, len))])).collect()
+    }
+
+    #[test]
+    fn trimming_takes_from_the_largest_queues_first() {
+        // 10 and 6 trimmed to 5 free 6 >= 5; 2 is left alone.
+        assert_eq!(trim_level(&[10, 6, 2], 1, 5), Some(5));
+        assert_eq!(trim_level(&[10, 6, 2], 1, 4), Some(6));
+        // Never below the floor: two queues of 4 above a floor of 3 free at most 2.
+        assert_eq!(trim_level(&[4, 4], 3, 5), None);
+        assert_eq!(trim_level(&[8], 0, 8), Some(0));
+        assert_eq!(trim_level(&[], 0, 1), None);
+    }
+
+    proptest! {
+        /// The level frees enough, never goes below the floor, and is the highest that does.
+        #[test]
+        fn the_trim_level_is_the_highest_that_frees_enough(
+            mut held in prop::collection::vec(0..1000usize, 0..20),
+            floor in 0..500usize,
+            short in 1..3000usize,
+        ) {
+            held.sort_unstable_by_key(|&b| std::cmp::Reverse(b));
+            let freed = |level: usize| held.iter().map(|&b| b.saturating_sub(level)).sum::<usize>();
+            match trim_level(&held, floor, short) {
+                Some(level) => {
+                    prop_assert!(level >= floor);
+                    prop_assert!(freed(level) >= short);
+                    prop_assert!(freed(level + 1) < short);
+                }
+                None => prop_assert!(freed(floor) < short),
+            }
+        }
     }
 
     #[test]

@@ -53,8 +53,8 @@ const BIG_MESSAGES: usize = 160;
 ///   once) and the thread stacks: 8 MiB.
 ///
 /// Socket buffers are kernel memory and not in VmRSS, so the bound does not depend on the
-/// kernel's buffer sizes. Without the byte bound the queue alone would hold the 16,384
-/// messages of `client_queue`, 16 GiB. When the subscriber reads again it gets what was
+/// kernel's buffer sizes. Without the byte bound the queue alone would hold the 1,048,576
+/// messages of `client_queue`, 1 TiB. When the subscriber reads again it gets what was
 /// queued, then one notice counting exactly the messages it lost.
 #[test]
 fn stalled_subscriber_under_one_mib_messages_keeps_memory_bounded() {
