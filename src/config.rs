@@ -503,7 +503,10 @@ mod tests {
         // Never below the smallest value a config may give.
         assert_eq!(d.queue_memory_limit_for(1 << 20), 1 << 20);
         for (bad, reason) in [
-            ("1048575", "1048575 is out of range (1048576..=1125899906842624)"),
+            (
+                "1048575",
+                "1048575 is out of range (1048576..=1125899906842624)",
+            ),
             ("64MiB", "'64MiB' is not a whole number"),
             ("-1", "'-1' is not a whole number"),
         ] {

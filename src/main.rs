@@ -3,10 +3,11 @@
 //! process's set-up around the server (log, panics, malloc, signals) is in [`process`].
 
 mod bench;
+mod cli;
 mod commands;
 mod process;
 
-use mist::cli::{Args, Bench, Command};
+use cli::{Args, Bench, Command};
 use mist::config::{AuthStore, Config, Overrides};
 use mist::{ErrorChain, MemoryStore, PgStore, Server, TokenStore};
 use process::StopSignals;

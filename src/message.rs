@@ -7,7 +7,7 @@
 //! frames are encoded the first time a WebSocket subscriber needs one, all at once and at most
 //! once, into a second buffer laid out the same way.
 
-use crate::outbound::Pool;
+use crate::pool::Pool;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -129,7 +129,10 @@ impl Batch {
             pool: Arc::clone(pool),
             bytes: AtomicUsize::new(0),
         });
-        debug_assert!(Arc::ptr_eq(&pooled.pool, pool), "a batch is queued on one server");
+        debug_assert!(
+            Arc::ptr_eq(&pooled.pool, pool),
+            "a batch is queued on one server"
+        );
         let size = self.size();
         loop {
             let had = pooled.bytes.load(Relaxed);
@@ -141,10 +144,7 @@ impl Batch {
             }
             // Only the publishing thread queues a batch, so this does not race in the server;
             // if it did, the loser gives its bytes back and looks again.
-            match pooled
-                .bytes
-                .compare_exchange(had, size, Relaxed, Relaxed)
-            {
+            match pooled.bytes.compare_exchange(had, size, Relaxed, Relaxed) {
                 Ok(_) => return true,
                 Err(_) => pooled.pool.give(size - had),
             }

@@ -164,7 +164,7 @@ impl Server {
 /// longest messages do not fit.
 fn log_queue_limits(ctx: &Context) {
     let c = &ctx.config;
-    let limit = ctx.metrics.queue_memory.pool.limit();
+    let limit = ctx.queue_memory.pool.limit();
     let how = if c.queue_memory_limit.is_some() {
         "queue_memory_limit"
     } else {

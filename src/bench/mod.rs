@@ -28,8 +28,8 @@ pub mod report;
 pub mod sys;
 pub mod wire;
 
+use crate::cli::Bench;
 use mist::TagSet;
-use mist::cli::Bench;
 use payload::Clock;
 use std::fmt;
 use std::str::FromStr;
@@ -269,13 +269,17 @@ impl Options {
             ));
         }
         if self.slow > 0 && self.transport == Transport::Ws {
-            return Err(usage("--slow subscribers are TCP only: use --transport tcp"));
+            return Err(usage(
+                "--slow subscribers are TCP only: use --transport tcp",
+            ));
         }
         if self.slow_read == 0 || self.slow_read > 64 << 20 {
             return Err(usage("--slow-read must be between 1 and 67108864 bytes"));
         }
         if !(self.slow_pause >= 0.0 && self.slow_pause <= 10.0) {
-            return Err(usage("--slow-pause must be between 0 and 10000 milliseconds"));
+            return Err(usage(
+                "--slow-pause must be between 0 and 10000 milliseconds",
+            ));
         }
         if !(self.rate >= 0.0 && self.rate <= 1e9) {
             return Err(usage("--rate must be between 0 and 1000000000"));

@@ -330,7 +330,12 @@ fn read_slowly(
         let n = match stream.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 continue;
             }
             Err(_) => return,
@@ -362,7 +367,9 @@ fn read_slowly(
 fn finish_slow(slow: &[SlowReader], state: &PublishState, idle: f64, clock: &Clock) -> (u64, u64) {
     let idle = (idle * 1e9) as u64;
     let sum = |f: fn(&SlowCounts) -> &AtomicU64| -> u64 {
-        slow.iter().map(|s| f(&s.counts).load(Ordering::Relaxed)).sum()
+        slow.iter()
+            .map(|s| f(&s.counts).load(Ordering::Relaxed))
+            .sum()
     };
     while !slow.is_empty() {
         let sent = state.sent.load(Ordering::Relaxed);

@@ -27,96 +27,11 @@
 
 use super::{Limits, Transport};
 use crate::message::{Batch, Encoded};
+use crate::pool::Pool;
 use crate::{line, wsframe, wsjson};
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
-/// The bytes of deliveries queued for all the clients of a server together, against their
-/// bound (`queue_memory_limit`). The default never refuses.
-///
-/// Queues take bytes when they admit a delivery and give them back when it is written or
-/// removed; a shared batch is counted once, by the batch itself ([`Batch::charge`]), however
-/// many queues hold it. Relaxed atomics: the count decides admissions and guards no other
-/// memory, and [`take`](Pool::take) checks and takes in one step, so the limit holds even
-/// when publishers on several threads take at once.
-#[derive(Debug)]
-pub struct Pool {
-    used: AtomicUsize,
-    limit: usize,
-    /// The most bytes one queue held when last looked at (by a push-out), raised when a queue
-    /// grows past it under pressure: a queue holding less than this that finds no room asks
-    /// for a push-out. `usize::MAX` until first looked at.
-    biggest: AtomicUsize,
-}
-
-impl Default for Pool {
-    fn default() -> Pool {
-        Pool::unlimited()
-    }
-}
-
-impl Pool {
-    /// An empty pool of `limit` bytes.
-    pub fn new(limit: usize) -> Pool {
-        Pool {
-            used: AtomicUsize::new(0),
-            limit,
-            biggest: AtomicUsize::new(usize::MAX),
-        }
-    }
-
-    /// A pool that never refuses (for queues tested on their own).
-    pub fn unlimited() -> Pool {
-        Pool::new(usize::MAX)
-    }
-
-    /// Bytes of deliveries queued now.
-    pub fn used(&self) -> usize {
-        self.used.load(Relaxed)
-    }
-
-    /// The bound.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
-    /// Bytes not in use.
-    pub fn free(&self) -> usize {
-        self.limit.saturating_sub(self.used())
-    }
-
-    /// Takes `n` bytes if they are free; false, with nothing taken, when they are not.
-    pub fn take(&self, n: usize) -> bool {
-        if n == 0 {
-            return true;
-        }
-        let before = self.used.fetch_add(n, Relaxed);
-        if before.saturating_add(n) > self.limit {
-            self.used.fetch_sub(n, Relaxed);
-            return false;
-        }
-        true
-    }
-
-    /// Gives back `n` bytes taken before.
-    pub fn give(&self, n: usize) {
-        if n > 0 {
-            self.used.fetch_sub(n, Relaxed);
-        }
-    }
-
-    /// The most bytes one queue is known to hold (see the field).
-    pub fn biggest(&self) -> usize {
-        self.biggest.load(Relaxed)
-    }
-
-    /// Records what a push-out found the biggest queue to hold after it.
-    pub fn set_biggest(&self, bytes: usize) {
-        self.biggest.store(bytes, Relaxed);
-    }
-}
 
 /// The level to trim queues holding `held` bytes (largest first) down to, so that together
 /// they give up at least `short` bytes, trimming as little as possible and none below
@@ -195,9 +110,7 @@ impl Item {
     pub(super) fn budget(&self) -> (usize, usize) {
         match self {
             Item::Run { msgs, charge, .. } => (*msgs, *charge),
-            Item::Copy {
-                buf, msgs, ..
-            } => (*msgs, buf.len()),
+            Item::Copy { buf, msgs, .. } => (*msgs, buf.len()),
             Item::Bytes(_) => (0, 0),
         }
     }
@@ -626,7 +539,11 @@ mod tests {
     /// What `Outbound` does for a queue short of room in the pool: trims the queues holding
     /// the most (`others`), largest first, to the highest level that frees enough, then
     /// offers the message again.
-    fn enqueue_pushing_out_refs(q: &mut Queue, others: &mut [&mut Queue], b: &Arc<Batch>) -> Enqueued {
+    fn enqueue_pushing_out_refs(
+        q: &mut Queue,
+        others: &mut [&mut Queue],
+        b: &Arc<Batch>,
+    ) -> Enqueued {
         let enc = encoded(b, q.transport);
         let r = q.enqueue(b, enc, 0..b.len(), true);
         let Some(need) = r.short else { return r };
@@ -639,7 +556,14 @@ mod tests {
                 o.push_out(level);
             }
         }
-        pool.set_biggest(others.iter().map(|o| o.bytes()).max().unwrap_or(0).max(q.bytes()));
+        pool.set_biggest(
+            others
+                .iter()
+                .map(|o| o.bytes())
+                .max()
+                .unwrap_or(0)
+                .max(q.bytes()),
+        );
         q.enqueue(b, enc, 0..b.len(), false)
     }
 
@@ -805,7 +729,11 @@ mod tests {
     fn websocket_frames_encoded_later_are_counted_too() {
         let pool = Arc::new(Pool::new(100_000));
         let mut tcp = Queue::new(Transport::Tcp, limits(100, 100_000), Arc::clone(&pool));
-        let mut ws = Queue::new(Transport::WebSocket, limits(100, 100_000), Arc::clone(&pool));
+        let mut ws = Queue::new(
+            Transport::WebSocket,
+            limits(100, 100_000),
+            Arc::clone(&pool),
+        );
         let b = batch(&[("t", "1")]);
         enqueue(&mut tcp, &b, 0..1);
         let lines = pool.used();
@@ -864,7 +792,11 @@ mod tests {
             assert!((2..=3).contains(&q.msgs()), "{}", q.msgs());
             assert_eq!(q.msgs() + lost, 80);
         }
-        assert!(pool.free() >= 1000, "room for the next message: {}", pool.free());
+        assert!(
+            pool.free() >= 1000,
+            "room for the next message: {}",
+            pool.free()
+        );
     }
 
     #[test]
@@ -1149,7 +1081,13 @@ mod tests {
         /// batch and whose batch fits the room is charged the whole batch, otherwise each
         /// message its own size and the run its tags once. The room is what is left below the
         /// queue's own limit and below the pool's free bytes.
-        fn enqueue(&mut self, batch: &Batch, id: usize, run: Range<usize>, free: usize) -> Enqueued {
+        fn enqueue(
+            &mut self,
+            batch: &Batch,
+            id: usize,
+            run: Range<usize>,
+            free: usize,
+        ) -> Enqueued {
             let enc = encoded(batch, self.transport);
             let sizes: Vec<usize> = run.clone().map(|i| enc.span(i..i + 1).len()).collect();
             let tags = text(batch.tags(run.start)).to_string();
@@ -1161,7 +1099,10 @@ mod tests {
                 if fits > 0 && own(fits) * 4 >= batch.size() && batch.size() <= room {
                     (fits, batch.size(), Some((id, batch.size())))
                 } else {
-                    let n = (0..=fits).rev().find(|&n| n == 0 || tags.len() + own(n) <= room).unwrap();
+                    let n = (0..=fits)
+                        .rev()
+                        .find(|&n| n == 0 || tags.len() + own(n) <= room)
+                        .unwrap();
                     (n, tags.len() + own(n), None)
                 };
             let mut notice = None;

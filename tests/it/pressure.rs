@@ -56,7 +56,11 @@ fn read_again(c: &mut LineClient, tags: &str, offered: usize) -> (usize, u64) {
             panic!("{tags}: unexpected line {:?}", String::from_utf8_lossy(&l));
         }
     }
-    assert_eq!(delivered as u64 + lost, offered as u64, "{tags}: told too much");
+    assert_eq!(
+        delivered as u64 + lost,
+        offered as u64,
+        "{tags}: told too much"
+    );
     c.ping();
     (delivered, lost)
 }
@@ -107,7 +111,12 @@ fn a_subscriber_that_reads_after_a_burst_of_small_messages_gets_all_of_it() {
     p.ping();
     for i in 0..BURST {
         let l = sub.line_bytes();
-        assert_eq!(number(&l, "a"), Some(i), "{:?}", String::from_utf8_lossy(&l));
+        assert_eq!(
+            number(&l, "a"),
+            Some(i),
+            "{:?}",
+            String::from_utf8_lossy(&l)
+        );
     }
     sub.ping();
     assert_eq!(get(&s.context().metrics().drops), 0);
@@ -144,7 +153,7 @@ fn subscribers_that_stall_one_after_another_do_not_starve_one_that_reads() {
     const FIRST: usize = 64;
     const ROUNDS: usize = 20;
     let s = TestServer::with(|c| c.queue_memory_limit = Some(4 * MIB));
-    let pool = &s.context().metrics().queue_memory.pool;
+    let metrics = s.context().metrics();
     let mut stalled: Vec<LineClient> = (0..STALLED)
         .map(|k| {
             let mut c = small_window_client(s.tcp);
@@ -161,7 +170,7 @@ fn subscribers_that_stall_one_after_another_do_not_starve_one_that_reads() {
             p.send_raw(&message(&format!("s{k}"), i, LEN));
         }
         p.ping();
-        assert!(pool.used() <= 4 * MIB);
+        assert!(metrics.queued_bytes() <= 4 * MIB);
     }
     // Then a message to each of them and one to the subscriber that reads, in rounds.
     for r in 0..ROUNDS {
@@ -171,13 +180,16 @@ fn subscribers_that_stall_one_after_another_do_not_starve_one_that_reads() {
         p.send_raw(&message("h", r, LEN));
         p.ping();
         assert_eq!(healthy.recv_timeout(TIMEOUT), Ok(r), "round {r}");
-        assert!(pool.used() <= 4 * MIB);
+        assert!(metrics.queued_bytes() <= 4 * MIB);
     }
     let m = s.context().metrics();
     assert!(get(&m.drops_memory_limit) > 0);
     for (k, c) in stalled.iter_mut().enumerate() {
         let (delivered, lost) = read_again(c, &format!("s{k}"), FIRST + ROUNDS);
-        assert!(lost > 0 && delivered > 0, "s{k}: {delivered} delivered, {lost} lost");
+        assert!(
+            lost > 0 && delivered > 0,
+            "s{k}: {delivered} delivered, {lost} lost"
+        );
     }
 }
 
@@ -240,13 +252,13 @@ fn stalled_subscribers_hold_at_most_queue_memory_limit() {
         grew >> 20
     );
     assert!(grew < LIMIT + OVERHEAD, "VmRSS grew by {grew} bytes");
-    assert_eq!(
-        d.metric("mist_queue_memory_limit_bytes"),
-        LIMIT as u64
-    );
+    assert_eq!(d.metric("mist_queue_memory_limit_bytes"), LIMIT as u64);
     let queued = d.metric("mist_queued_bytes");
     assert!(queued > 0 && queued <= LIMIT as u64, "{queued}");
     assert!(d.metric("mist_drops_memory_limit_total") > 0);
     let (delivered, lost) = read_again(&mut stalled[0], "s0", ROUNDS);
-    assert!(delivered > 0 && lost > 0, "{delivered} delivered, {lost} lost");
+    assert!(
+        delivered > 0 && lost > 0,
+        "{delivered} delivered, {lost} lost"
+    );
 }
