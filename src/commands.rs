@@ -1,8 +1,8 @@
 //! The command-line client's commands (`mist publish ...`), each a few calls of
 //! [`mist::Client`] and the printing of what it returns.
 
+use crate::cli::Command;
 use mist::Client;
-use mist::cli::Command;
 use mist::client::{Error, Event};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 

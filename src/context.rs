@@ -39,6 +39,8 @@ pub struct Context {
     pub(crate) conns: Connections,
     /// The HTTP request heads being read, bounded in total and per client address.
     pub(crate) pending_heads: PendingHeads,
+    /// The bytes all clients' queues hold together (`queue_memory_limit`), and the queues.
+    pub(crate) queue_memory: Arc<Memory>,
     shutting_down: AtomicBool,
 }
 
@@ -48,8 +50,9 @@ impl Context {
     /// [`crate::Server::start`] builds its context with this.
     pub fn new(config: Config, store: Box<dyn TokenStore>) -> Arc<Context> {
         let limit = config.queue_memory_limit_for(usable_memory());
+        let queue_memory = Arc::new(Memory::new(limit));
         let metrics = Arc::new(Metrics {
-            queue_memory: Arc::new(Memory::new(limit)),
+            queue_pool: Arc::clone(&queue_memory.pool),
             ..Metrics::default()
         });
         let broker = Broker::new(Arc::clone(&metrics), config.max_subscriptions);
@@ -57,6 +60,7 @@ impl Context {
         Arc::new(Context {
             conns: Connections::new(config.max_connections),
             pending_heads: PendingHeads::default(),
+            queue_memory,
             config,
             broker,
             tokens,
@@ -222,6 +226,7 @@ impl Context {
             transport,
             self.limits(),
             Arc::clone(&self.metrics),
+            Arc::clone(&self.queue_memory),
             peer,
         );
         Subscriber { id, out }

@@ -30,6 +30,7 @@
 //! - `broker`: the subscription index and matching; no I/O.
 //! - `fanout`: a publishing connection's batch of messages and their delivery.
 //! - `outbound`: a client's bounded queue, drop counting and writer thread.
+//! - `pool`: the bytes all clients' queues hold together, against `queue_memory_limit`.
 //! - `context`: what connections share: [`Context`], `max_connections` slots, the
 //!   connection registry, and the guards that give a connection's resources back.
 //! - `net`: socket options, thread stacks, the open-files limit, the lingering close.
@@ -52,11 +53,10 @@
 //! - [`client`]: [`Client`], the blocking client of the line protocol that programs (and
 //!   `mist publish ...`) use.
 //! - [`top`]: `mist top`, the live terminal view of a server's monitoring endpoints.
-//! - [`cli`]: command-line arguments.
 //!
-//! The `mist` binary (`src/main.rs`) has modules of its own: `process` (log, panics, malloc,
-//! signals), `commands` (the client commands, on [`Client`]) and `bench` (`mist bench`, the
-//! load generator).
+//! The `mist` binary (`src/main.rs`) has modules of its own, in `src/` beside these: `cli`
+//! (its arguments and help), `commands` (the client commands, on [`Client`]), `process` (log,
+//! panics, malloc, signals) and `bench` (`mist bench`, the load generator).
 //!
 //! Dependencies run one way: `server` → the listeners (`tcp`, `http`) → `ws` → `context`,
 //! `net`; `server` → `cluster` → `context`; nothing imports a module that imports it back (the
@@ -66,7 +66,6 @@ mod auth;
 mod brake;
 mod broker;
 mod capacity;
-pub mod cli;
 pub mod client;
 mod cluster;
 pub mod config;
@@ -80,6 +79,7 @@ mod monitor;
 mod net;
 mod outbound;
 mod pending;
+mod pool;
 mod relay;
 mod report;
 mod server;

@@ -3,10 +3,11 @@
 //! process's set-up around the server (log, panics, malloc, signals) is in [`process`].
 
 mod bench;
+mod cli;
 mod commands;
 mod process;
 
-use mist::cli::{Args, Bench, Command};
+use cli::{Args, Bench, Command};
 use mist::config::{AuthStore, Config, Overrides};
 use mist::{ErrorChain, MemoryStore, PgStore, Server, TokenStore};
 use process::StopSignals;
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
 }
 
 /// `mist top`: exit code 2 for bad arguments, 1 when the server cannot be read.
-fn run_top(top: mist::cli::Top, global_addr: Option<String>) -> ExitCode {
+fn run_top(top: cli::Top, global_addr: Option<String>) -> ExitCode {
     let Some(sort) = mist::top::Sort::from_name(&top.sort) else {
         eprintln!(
             "mist top: --sort must be queued_bytes, dropped, subscriptions or age, not '{}'",

@@ -7,7 +7,7 @@
 //! frames are encoded the first time a WebSocket subscriber needs one, all at once and at most
 //! once, into a second buffer laid out the same way.
 
-use crate::outbound::Pool;
+use crate::pool::Pool;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};

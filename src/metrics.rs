@@ -2,7 +2,7 @@
 //!
 //! Nothing here takes a lock: the publish path adds to counters once per batch of messages.
 
-use crate::outbound::Memory;
+use crate::pool::Pool;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -56,9 +56,8 @@ pub struct Metrics {
     pub(crate) node_name: OnceLock<String>,
     /// The cluster bus's counters, when the node is part of a cluster.
     pub(crate) bus: OnceLock<Arc<BusMetrics>>,
-    /// The bytes queued for all clients together, and their limit: shared by every queue
-    /// (which reaches it here), and shown as gauges.
-    pub queue_memory: Arc<Memory>,
+    /// The bytes queued for all clients together, and their limit, shown as gauges.
+    pub(crate) queue_pool: Arc<Pool>,
 }
 
 /// Adds to a counter.
@@ -74,6 +73,11 @@ pub fn sub(c: &AtomicU64, n: u64) {
 }
 
 impl Metrics {
+    /// The bytes of deliveries queued for all clients together now (`mist_queued_bytes`).
+    pub fn queued_bytes(&self) -> usize {
+        self.queue_pool.used()
+    }
+
     /// The Prometheus text exposition (version 0.0.4).
     pub fn render(&self) -> String {
         let g = |c: &AtomicU64| c.load(Relaxed);
@@ -146,13 +150,13 @@ impl Metrics {
             "mist_queued_bytes",
             "gauge",
             "Bytes of deliveries waiting in all clients' queues (a shared batch counts once).",
-            &[("", self.queue_memory.pool.used() as u64)],
+            &[("", self.queue_pool.used() as u64)],
         );
         metric(
             "mist_queue_memory_limit_bytes",
             "gauge",
             "queue_memory_limit: the most bytes all clients' queues may hold together.",
-            &[("", self.queue_memory.pool.limit() as u64)],
+            &[("", self.queue_pool.limit() as u64)],
         );
         metric(
             "mist_slow_consumer_notices_total",

@@ -597,7 +597,7 @@ fn varz(shared: &Shared) -> Value {
         "subscriptions": ctx.metrics.subscriptions.load(Ordering::Relaxed),
         "queued_messages": queued_msgs,
         "queued_bytes": queued_bytes,
-        "queue_memory_limit": ctx.metrics.queue_memory.pool.limit(),
+        "queue_memory_limit": ctx.queue_memory.pool.limit(),
         "counters": counters,
     })
 }

@@ -237,7 +237,7 @@ fn bind_monitor(addr: Option<&str>) -> Result<Option<TcpListener>, StartError> {
 /// longest messages do not fit.
 fn log_queue_limits(ctx: &Context) {
     let c = &ctx.config;
-    let limit = ctx.metrics.queue_memory.pool.limit();
+    let limit = ctx.queue_memory.pool.limit();
     let how = if c.queue_memory_limit.is_some() {
         "queue_memory_limit"
     } else {

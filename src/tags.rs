@@ -179,7 +179,7 @@ impl TagSet {
     }
 }
 
-/// `"b,a".parse::<TagSet>()`: [`TagSet::parse`] with at most [`DEFAULT_MAX_TAGS`] tags.
+/// `"b,a".parse::<TagSet>()`: [`TagSet::parse`] with at most `DEFAULT_MAX_TAGS` (32) tags.
 impl std::str::FromStr for TagSet {
     type Err = TagError;
 

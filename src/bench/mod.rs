@@ -28,8 +28,8 @@ pub mod report;
 pub mod sys;
 pub mod wire;
 
+use crate::cli::Bench;
 use mist::TagSet;
-use mist::cli::Bench;
 use payload::Clock;
 use std::fmt;
 use std::str::FromStr;

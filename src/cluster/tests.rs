@@ -106,6 +106,7 @@ fn subscriber(ctx: &Context, tags: &str) -> BufReader<TcpStream> {
         Transport::Tcp,
         ctx.limits(),
         Arc::clone(&ctx.metrics),
+        Arc::clone(&ctx.queue_memory),
         peer,
     );
     let sub = Subscriber {

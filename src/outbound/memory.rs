@@ -12,8 +12,9 @@
 //! of the largest queue, so a queue that is itself among the largest drops its delivery
 //! without looking: it happens only when a short queue is starved, not per delivery.
 
-use super::{Outbound, Pool, queue};
+use super::{Outbound, queue};
 use crate::metrics;
+use crate::pool::Pool;
 use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
 
@@ -75,7 +76,7 @@ impl Memory {
             .filter(|o| !std::ptr::eq(o.as_ref(), me))
             .map(|o| (o.queued_bytes(), o))
             .collect();
-        held.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
+        held.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
         let short = need.saturating_sub(self.pool.free());
         let sizes: Vec<usize> = held.iter().map(|h| h.0).collect();
         if short > 0

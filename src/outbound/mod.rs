@@ -49,7 +49,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 pub use memory::Memory;
-pub use queue::Pool;
 
 /// The wire format of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +117,9 @@ pub struct Outbound {
     writer_name: String,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// The server's queue memory: the pool this queue counts in, and the other queues, to push
+    /// out of when the pool is full.
+    memory: Arc<Memory>,
     peer: SocketAddr,
     /// When the connection opened.
     since: SystemTime,
@@ -142,19 +144,20 @@ impl Outbound {
         transport: Transport,
         limits: Limits,
         metrics: Arc<Metrics>,
+        memory: Arc<Memory>,
         peer: SocketAddr,
     ) -> Arc<Outbound> {
         let kind = match transport {
             Transport::Tcp => "tcp",
             Transport::WebSocket => "ws",
         };
-        let pool = Arc::clone(&metrics.queue_memory.pool);
-        let memory = Arc::clone(&metrics);
+        let pool = Arc::clone(&memory.pool);
         let out = Arc::new(Outbound {
             writer_name: format!("mist-{kind}-w {peer}"),
             transport,
             limits,
             metrics,
+            memory,
             peer,
             since: SystemTime::now(),
             state: Mutex::new(State {
@@ -172,7 +175,7 @@ impl Outbound {
             drained: Condvar::new(),
             writer: Mutex::new(None),
         });
-        memory.queue_memory.join(&out);
+        out.memory.join(&out);
         out
     }
 
@@ -222,7 +225,7 @@ impl Outbound {
             // The pool is full, and this client holds less than the largest: make room by
             // pushing out theirs (other queues' locks, so not under this one), then again.
             drop(st);
-            self.metrics.queue_memory.make_room(self, need);
+            self.memory.make_room(self, need);
             st = self.state.lock();
             if st.closed || st.closing {
                 return false;

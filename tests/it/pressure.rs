@@ -153,7 +153,7 @@ fn subscribers_that_stall_one_after_another_do_not_starve_one_that_reads() {
     const FIRST: usize = 64;
     const ROUNDS: usize = 20;
     let s = TestServer::with(|c| c.queue_memory_limit = Some(4 * MIB));
-    let pool = &s.context().metrics().queue_memory.pool;
+    let metrics = s.context().metrics();
     let mut stalled: Vec<LineClient> = (0..STALLED)
         .map(|k| {
             let mut c = small_window_client(s.tcp);
@@ -170,7 +170,7 @@ fn subscribers_that_stall_one_after_another_do_not_starve_one_that_reads() {
             p.send_raw(&message(&format!("s{k}"), i, LEN));
         }
         p.ping();
-        assert!(pool.used() <= 4 * MIB);
+        assert!(metrics.queued_bytes() <= 4 * MIB);
     }
     // Then a message to each of them and one to the subscriber that reads, in rounds.
     for r in 0..ROUNDS {
@@ -180,7 +180,7 @@ fn subscribers_that_stall_one_after_another_do_not_starve_one_that_reads() {
         p.send_raw(&message("h", r, LEN));
         p.ping();
         assert_eq!(healthy.recv_timeout(TIMEOUT), Ok(r), "round {r}");
-        assert!(pool.used() <= 4 * MIB);
+        assert!(metrics.queued_bytes() <= 4 * MIB);
     }
     let m = s.context().metrics();
     assert!(get(&m.drops_memory_limit) > 0);
