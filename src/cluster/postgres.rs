@@ -111,6 +111,10 @@ impl Engine for PgEngine {
                 "SELECT pg_notify('{CHANNEL}', p) FROM unnest($1::text[]) WITH ORDINALITY AS t(p, i) ORDER BY i"
             ))
             .map_err(lost)?;
+        // A lone payload (a lone message, at low rates) needs no array.
+        let notify_one = client
+            .prepare(&format!("SELECT pg_notify('{CHANNEL}', $1)"))
+            .map_err(lost)?;
         let usage = client
             .prepare("SELECT pg_notification_queue_usage()")
             .map_err(lost)?;
@@ -118,6 +122,7 @@ impl Engine for PgEngine {
             client,
             charset,
             notify,
+            notify_one,
             usage,
         }))
     }
@@ -138,6 +143,7 @@ struct PgSender {
     client: Client,
     charset: Charset,
     notify: Statement,
+    notify_one: Statement,
     usage: Statement,
 }
 
@@ -147,7 +153,11 @@ impl Outgoing for PgSender {
     }
 
     fn send(&mut self, payloads: &[String]) -> Result<(), BusError> {
-        match self.client.execute(&self.notify, &[&payloads]) {
+        let sent = match payloads {
+            [one] => self.client.execute(&self.notify_one, &[one]),
+            _ => self.client.execute(&self.notify, &[&payloads]),
+        };
+        match sent {
             Ok(_) => Ok(()),
             Err(e) if refused(&e) => Err(BusError::Refused(Box::new(PgError::from(e)))),
             Err(e) => Err(lost(e)),

@@ -548,6 +548,17 @@ fn publishers_are_not_held_up_while_postgresql_is_stopped() {
     assert_eq!(remote.line(), "publish t after");
     remote.ping();
     local.ping();
+    // One episode of drops, logged once when it began and once when it ended.
+    let log = a.stop();
+    assert_eq!(
+        log.matches("are not reaching the other nodes").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{n} messages did not reach them")),
+        "{log}"
+    );
 }
 
 #[test]
