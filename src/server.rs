@@ -232,7 +232,6 @@ fn bind_monitor(addr: Option<&str>) -> Result<Option<TcpListener>, StartError> {
     }
 }
 
-/// This machine's host name, or empty when it has none.
 /// Says at start how much the queues may hold, and warns about a per-client bound that the
 /// longest messages do not fit.
 fn log_queue_limits(ctx: &Context) {
@@ -258,6 +257,7 @@ fn log_queue_limits(ctx: &Context) {
     }
 }
 
+/// This machine's host name, or empty when it has none.
 fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
