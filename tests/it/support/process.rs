@@ -102,6 +102,11 @@ impl Proc {
     pub fn server(args: &[&str]) -> Proc {
         let mut all = vec!["-d"];
         all.extend_from_slice(args);
+        // No monitoring listener unless asked for: its threads would count in the tests that
+        // watch the server's threads, and its default port is one for the whole machine.
+        if !args.contains(&"--monitor-addr") {
+            all.extend_from_slice(&["--monitor-addr", "off"]);
+        }
         let mut proc = Proc::spawn(&all, &[], None);
         proc.log = Proc::lines_until(&proc.stderr, |l| l.contains(LISTENING_HTTP));
         let addr = |what: &str| -> SocketAddr {
