@@ -314,7 +314,7 @@ def draw_chart(path):
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     n = min(len(runs(anchors, sc, s_)) for _, sc, _, _ in CHARTED for s_ in ["redis", "nats", "mist"]
             if runs(anchors, sc, "mist"))
-    ax.set_title(f"mist, Redis and NATS on {cpus} vCPUs: medians of {n}+ runs, whiskers from the "
+    ax.set_title(f"mist, Redis and NATS on {cpus} vCPUs: medians of {n} runs, whiskers from the "
                  f"worst to the best run", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     ax.spines[["top", "right"]].set_visible(False)
