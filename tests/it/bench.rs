@@ -161,7 +161,10 @@ fn fanout_over_websocket() {
 /// read at the end, were told of their losses; `--compare` also runs without them.
 #[test]
 fn stalled_subscribers_with_comparison() {
-    let server = TestServer::with(|c| c.client_queue = 64);
+    // 4 MiB per queue: the stalled subscriber's 12 MiB overflow it, while the readers have
+    // 1,000 messages of room for scheduling delays. (At 64 messages, without publisher pacing,
+    // readers on a loaded machine lost messages of the baseline run.)
+    let server = TestServer::with(|c| c.client_queue_bytes = 4 << 20);
     let r = bench(
         &server,
         &[
