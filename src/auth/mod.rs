@@ -339,17 +339,44 @@ impl Tokens {
         revoked
     }
 
+    /// Checks every token that this node's WebSockets hold against the store again, and
+    /// revokes what no longer holds: a token gone closes its WebSockets (1008), lost tags end
+    /// their subscriptions with a notice. Token changes made on other nodes arrive over the
+    /// bus; a node that was cut off from it, or missed notifications, calls this once it
+    /// hears the bus again, so that nothing revoked meanwhile stays open here.
+    ///
+    /// # Errors
+    /// The store is unavailable; the tokens not yet checked are left as they were.
+    pub fn recheck_all(&self) -> Result<usize, StoreError> {
+        let tokens: Vec<String> = self.sessions.lock().keys().cloned().collect();
+        for token in &tokens {
+            let _gate = self.gate.write();
+            match self.store.tags(token) {
+                Err(StoreError::UnknownToken) => self.close_sessions(token),
+                Ok(allowed) => self.revoke_beyond(token, &allowed),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(tokens.len())
+    }
+
     /// Removes every subscription of the token's WebSockets that no longer has an allowed
     /// tag, each with a notice frame.
     fn revoke_lost_tags(&self, token: &str) -> Result<(), StoreError> {
-        let ids: Vec<ClientId> = match self.sessions.lock().get(token) {
-            Some(list) => list.iter().map(|c| c.id).collect(),
-            None => return Ok(()),
-        };
         let allowed = match self.store.tags(token) {
             Ok(t) => t,
             Err(StoreError::UnknownToken) => Vec::new(),
             Err(e) => return Err(e),
+        };
+        self.revoke_beyond(token, &allowed);
+        Ok(())
+    }
+
+    /// Removes every subscription of the token's WebSockets that has none of `allowed`.
+    fn revoke_beyond(&self, token: &str, allowed: &[String]) {
+        let ids: Vec<ClientId> = match self.sessions.lock().get(token) {
+            Some(list) => list.iter().map(|c| c.id).collect(),
+            None => return,
         };
         for id in ids {
             let removed = self.broker.revoke(
@@ -365,7 +392,6 @@ impl Tokens {
                 );
             }
         }
-        Ok(())
     }
 }
 

@@ -79,6 +79,10 @@ impl ListenerThread {
         let mut cut_since: Option<Instant> = None;
         let mut payloads: Vec<String> = Vec::with_capacity(MAX_PAYLOADS);
         let mut seen = Counts::default();
+        // Token changes made elsewhere may have been missed: check this node's WebSockets
+        // against the store again (after the LISTEN is in place, so none is missed after).
+        let mut recheck = false;
+        let mut recheck_warned = false;
         loop {
             if !matches!(self.stop.try_recv(), Err(TryRecvError::Empty)) {
                 return;
@@ -88,14 +92,19 @@ impl ListenerThread {
                     return;
                 }
                 link = self.reconnect(&mut cut_since, &mut backoff);
+                recheck = link.is_some();
                 continue;
             };
+            if recheck {
+                recheck = !self.recheck_tokens(&mut recheck_warned);
+            }
             match conn.receive(POLL, MAX_PAYLOADS, &mut payloads) {
                 Ok(_) => {
                     for p in payloads.drain(..) {
                         inbox.take(&p, &mut deliver);
                     }
                     deliver.flush();
+                    recheck |= inbox.counts().missed > seen.missed;
                     self.count(&inbox, &mut seen, &mut deliver);
                 }
                 Err(e) => {
@@ -125,6 +134,27 @@ impl ListenerThread {
             log::debug!("bus: {} records could not be read", now.bad - seen.bad);
         }
         *seen = now;
+    }
+
+    /// Applies token changes this node may have missed; false when the store could not be
+    /// read (tried again on the next round, with one warning per run of failures).
+    fn recheck_tokens(&self, warned: &mut bool) -> bool {
+        match self.ctx.tokens.recheck_all() {
+            Ok(n) => {
+                *warned = false;
+                log::info!("bus: checked the tokens of this node's WebSockets again ({n} tokens)");
+                true
+            }
+            Err(e) => {
+                if !std::mem::replace(warned, true) {
+                    log::warn!(
+                        "bus: cannot check this node's WebSocket tokens again, retrying: {}",
+                        ErrorChain(&e)
+                    );
+                }
+                false
+            }
+        }
     }
 
     fn lost(&self, e: &BusError) {

@@ -450,6 +450,81 @@ fn a_node_heals_after_its_connections_are_terminated() {
     sub.ping();
 }
 
+/// A node cut off from the bus while tokens are revoked elsewhere revokes them once it hears
+/// the bus again: node b logs in as a role of its own, which is refused new connections
+/// while its LISTEN connection is terminated, so b stays cut off until the role may log in.
+#[test]
+fn revocations_made_while_a_node_was_cut_off_reach_it_when_it_is_back() {
+    let db = PgDb::create();
+    let mut pg = db.client();
+    let role = format!("mist_cut_{}", std::process::id());
+    pg.batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
+        .unwrap();
+    let a = Node::start("cut-a", &db.config, "");
+    let mut b_config = db.config.clone();
+    b_config.user = role.clone();
+    let mut b = Node::start("cut-b", &b_config, "");
+
+    let mut admin = a.client();
+    admin.send("register news,sport gone");
+    admin.send("register news,sport narrowed");
+    admin.ping();
+    let mut gone = ws_connect(b.http(), "gone");
+    let mut narrowed = ws_connect(b.http(), "narrowed");
+    let subscribe = |ws: &mut crate::support::ws::Ws, tags: &str| {
+        ws_send(
+            ws,
+            &format!(r#"{{"command":"subscribe","tags":["{tags}"]}}"#),
+        );
+        assert_eq!(ws_text(ws), r#"{"success":true,"command":"subscribe"}"#);
+    };
+    subscribe(&mut gone, "news");
+    subscribe(&mut narrowed, "sport");
+    subscribe(&mut narrowed, "news");
+
+    pg.batch_execute(&format!("ALTER ROLE {role} NOLOGIN"))
+        .unwrap();
+    let listen = backend_pid(&mut pg, &format!("mist-bus-listen {}", b.name));
+    terminate(&mut pg, listen);
+    b.wait_log("[WARN] bus: lost the listening connection");
+    admin.send("unregister gone");
+    admin.send("unset sport narrowed");
+    admin.ping();
+    // Cut off, b has not heard: the WebSockets there still have what was revoked.
+    for ws in [&mut gone, &mut narrowed] {
+        assert_eq!(ws_sync(ws), Vec::<String>::new());
+    }
+
+    pg.batch_execute(&format!("ALTER ROLE {role} LOGIN"))
+        .unwrap();
+    b.wait_log("cut off from the other nodes for");
+    match ws_next(&mut gone) {
+        Message::Close(Some(f)) => {
+            assert_eq!(f.code, CloseCode::Policy);
+            assert_eq!(f.reason.as_str(), "token revoked");
+        }
+        m => panic!("expected a close frame, got {m:?}"),
+    }
+    assert_eq!(
+        ws_text(&mut narrowed),
+        r#"{"success":true,"command":"unsubscribe","tags":["sport"],"reason":"access revoked"}"#
+    );
+    let mut publisher = a.client();
+    publisher.send("publish sport after");
+    publisher.send("publish news still");
+    publisher.ping();
+    assert_eq!(
+        ws_text(&mut narrowed),
+        r#"{"keys":["news"],"data":"still"}"#
+    );
+    b.stop();
+    a.stop();
+    drop(pg);
+    let mut pg = db.client();
+    pg.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .unwrap();
+}
+
 #[test]
 fn a_restarted_node_rejoins_under_a_new_id() {
     let (db, [a, b, c]) = three("restart");
