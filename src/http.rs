@@ -43,7 +43,9 @@ pub fn accept(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let answer = Arc::clone(&sock);
     let spawned = net::spawn(format!("mist-http {peer}"), net::WS_STACK, move || {
         let _live = live;
-        handle(&ctx2, sock, peer, slot);
+        if let Some(session) = handle(&ctx2, sock, peer, slot) {
+            session.run(&ctx2);
+        }
     });
     if let Err(e) = spawned {
         // Out of memory mappings, process ids or threads (see `capacity.rs`): refused like an
@@ -75,7 +77,9 @@ pub fn serve(ctx: &Arc<Context>, stream: TcpStream) {
     let sock = Arc::new(stream);
     let _live = ctx.track(&sock);
     let slot = ctx.reserve();
-    handle(ctx, sock, peer, slot);
+    if let Some(session) = handle(ctx, sock, peer, slot) {
+        session.run(ctx);
+    }
 }
 
 /// A parsed request head: what routing needs, owned.
@@ -106,21 +110,46 @@ pub enum HeadError {
     Io(#[source] io::Error),
 }
 
-/// Serves one HTTP connection to the end: a plain request, or a whole WebSocket session.
-fn handle(ctx: &Arc<Context>, stream: Arc<TcpStream>, peer: SocketAddr, slot: Option<Slot>) {
+/// Serves one HTTP connection: a plain request to the end, or a WebSocket upgrade up to its
+/// admission. An admitted upgrade is returned, to be run by the caller once this function's
+/// frames are off the stack: the session's thread keeps every stack page it ever touched, so
+/// the upgrade's path is kept shallow (reading the head and plain answers have frames of their
+/// own, never inlined here), and the session's idle thread holds two pages of stack.
+#[inline(never)]
+fn handle(
+    ctx: &Arc<Context>,
+    stream: Arc<TcpStream>,
+    peer: SocketAddr,
+    slot: Option<Slot>,
+) -> Option<ws::Upgraded> {
+    let head = receive(ctx, &stream, peer)?;
+    if head.method == "GET" && head.path == WS_PATH {
+        return upgrade(ctx, stream, peer, head, slot);
+    }
+    answer(ctx, &stream, &head);
+    None
+}
+
+/// Reads a request head within the bounds on pending heads and `http_head_timeout`; answers
+/// what could not be read.
+#[inline(never)]
+fn receive(ctx: &Arc<Context>, stream: &TcpStream, peer: SocketAddr) -> Option<Head> {
     log::debug!("{peer}: HTTP connection");
     let pending = match ctx.pending_heads.try_take(peer.ip()) {
         Ok(pending) => pending,
         Err(refusal) => {
-            refuse_pending(&stream, peer, refusal);
-            return;
+            refuse_pending(stream, peer, refusal);
+            return None;
         }
     };
     let deadline = Instant::now() + Duration::from_secs(ctx.config.http_head_timeout);
-    let head = read_head(&stream, deadline);
+    let head = read_head(stream, deadline);
     drop(pending);
-    let head = match head {
-        Ok(h) => h,
+    match head {
+        Ok(head) => {
+            let _ = stream.set_read_timeout(None);
+            Some(head)
+        }
         Err(e) => {
             log::debug!("{peer}: {}", ErrorChain(&e));
             let status = match e {
@@ -129,16 +158,20 @@ fn handle(ctx: &Arc<Context>, stream: Arc<TcpStream>, peer: SocketAddr, slot: Op
                 }
                 HeadError::Timeout => StatusCode::REQUEST_TIMEOUT,
                 HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
-                HeadError::Closed | HeadError::Io(_) => return,
+                HeadError::Closed | HeadError::Io(_) => return None,
             };
-            respond(&stream, status, &format!("{e}\n"));
-            return;
+            respond(stream, status, &format!("{e}\n"));
+            None
         }
-    };
-    let _ = stream.set_read_timeout(None);
+    }
+}
+
+/// Answers a plain request: anything but a WebSocket upgrade.
+#[inline(never)]
+fn answer(ctx: &Context, stream: &TcpStream, head: &Head) {
     if head.method != "GET" {
         respond_with(
-            &stream,
+            stream,
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET\n",
             &[(header::ALLOW, "GET")],
@@ -146,20 +179,19 @@ fn handle(ctx: &Arc<Context>, stream: Arc<TcpStream>, peer: SocketAddr, slot: Op
         return;
     }
     match head.path.as_str() {
-        "/ping" => respond(&stream, StatusCode::OK, "pong"),
+        "/ping" => respond(stream, StatusCode::OK, "pong"),
         "/metrics" => {
             let body = ctx.metrics.render();
             respond_with(
-                &stream,
+                stream,
                 StatusCode::OK,
                 &body,
                 &[(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             );
         }
-        WS_PATH => upgrade(ctx, stream, peer, head, slot),
         path => match crate::console::response(path, &head.headers) {
-            Some(page) => send(&stream, page),
-            None => respond(&stream, StatusCode::NOT_FOUND, "not found\n"),
+            Some(page) => send(stream, page),
+            None => respond(stream, StatusCode::NOT_FOUND, "not found\n"),
         },
     }
 }
@@ -236,7 +268,9 @@ pub fn read_head(mut stream: &TcpStream, deadline: Instant) -> Result<Head, Head
 /// # Errors
 /// The bytes are not an HTTP/1.x request head.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // On the heap (4 KiB): the thread that reads the head goes on to run the WebSocket
+    // session, and every stack page it touches stays resident for as long as it lives.
+    let mut slots = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
     let used = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -342,14 +376,14 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&HeaderValue>) -> bool 
 }
 
 /// Checks a WebSocket upgrade request's handshake and origin, then hands the connection to
-/// [`ws`] for admission and the session; answers its refusal.
+/// [`ws`] for admission; answers its refusal. What was admitted is returned, to be run.
 fn upgrade(
     ctx: &Arc<Context>,
     stream: Arc<TcpStream>,
     peer: SocketAddr,
-    head: Head,
+    mut head: Head,
     slot: Option<Slot>,
-) {
+) -> Option<ws::Upgraded> {
     let h = &head.headers;
     let is_upgrade = header_has_token(h, header::UPGRADE, "websocket")
         && header_has_token(h, header::CONNECTION, "upgrade");
@@ -360,7 +394,7 @@ fn upgrade(
             "this endpoint speaks WebSocket\n",
             &[(header::UPGRADE, "websocket")],
         );
-        return;
+        return None;
     };
     if h.get(header::SEC_WEBSOCKET_VERSION)
         .map(HeaderValue::as_bytes)
@@ -372,7 +406,7 @@ fn upgrade(
             "unsupported WebSocket version\n",
             &[(header::SEC_WEBSOCKET_VERSION, "13")],
         );
-        return;
+        return None;
     }
     if !origin_allowed(&ctx.config.ws_allowed_origins, h.get(header::ORIGIN)) {
         // Before the token is even looked at: a page on a foreign site learns nothing.
@@ -382,20 +416,30 @@ fn upgrade(
         });
         log::info!("{peer}: WebSocket refused: origin {shown} is not allowed");
         respond(&stream, StatusCode::FORBIDDEN, "origin not allowed\n");
-        return;
+        return None;
     }
     let key = key.as_bytes().to_vec();
     match ws::admit(ctx, slot, &stream, peer, token_of(&head)) {
-        Ok(conn) => ws::run(ctx, conn, stream, &key, head.rest),
-        Err(refused) => match refused.retry_after {
-            Some(secs) => respond_with(
-                &stream,
-                refused.status,
-                &refused.body,
-                &[(header::RETRY_AFTER, &secs.to_string())],
-            ),
-            None => respond(&stream, refused.status, &refused.body),
-        },
+        // Only the bytes read past the head go on: the head is freed when this returns, before
+        // the session starts, so that an idle WebSocket does not keep its request's headers.
+        Ok(conn) => Some(ws::Upgraded {
+            conn,
+            sock: stream,
+            key,
+            rest: std::mem::take(&mut head.rest),
+        }),
+        Err(refused) => {
+            match refused.retry_after {
+                Some(secs) => respond_with(
+                    &stream,
+                    refused.status,
+                    &refused.body,
+                    &[(header::RETRY_AFTER, &secs.to_string())],
+                ),
+                None => respond(&stream, refused.status, &refused.body),
+            }
+            None
+        }
     }
 }
 

@@ -25,6 +25,7 @@
 //! - `framing`: splitting a byte stream into bounded lines.
 //! - `wsjson`: the WebSocket JSON commands and replies (pure).
 //! - `wsframe`: encoding the WebSocket frames the server sends (pure).
+//! - `wsread`: reading the client's WebSocket frames into messages, no buffer between them.
 //! - [`config`]: `mist.conf` parsing, defaults and validation (pure); public.
 //! - `message`: a published message, encoded once and shared.
 //! - `broker`: the subscription index and matching; no I/O.
@@ -87,6 +88,7 @@ mod tcp;
 pub mod top;
 mod ws;
 mod wsframe;
+mod wsread;
 
 // The fuzz targets (`fuzz/`, built with `--cfg fuzzing`) drive the parsers directly.
 #[cfg(fuzzing)]

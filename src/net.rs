@@ -15,6 +15,13 @@ pub const CONN_STACK: usize = 128 * 1024;
 /// the parse alone, and overflowed 256 KiB, aborting the whole process, on a frame of deeply
 /// nested JSON; it gets 1 MiB. Stack memory is only committed as it is touched, so the size
 /// costs address space, not resident memory. `tests/it/hostile/oversize.rs` sends such frames.
+///
+/// What an idle WebSocket's thread does keep resident is every page its stack ever reached:
+/// Rust's thread start-up takes about 5 KiB of it, and reading the request head, admitting the
+/// client and a session's ordinary commands stay within the next 3 KiB (the head is read in
+/// frames of its own, popped before the session starts; see `http::handle`), so the thread
+/// holds two pages, as a line-protocol reader does. A client that sends deeply nested JSON
+/// makes its own thread keep more, up to what the parse above takes.
 pub const WS_STACK: usize = if cfg!(debug_assertions) {
     1024 * 1024
 } else {

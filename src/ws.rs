@@ -1,10 +1,10 @@
 //! A WebSocket session: JSON commands in, replies and deliveries out.
 //!
-//! tungstenite reads and checks the client's frames (masking, fragmentation, UTF-8, size
-//! limits) on the reader thread. The server's frames are written only through the client's
-//! [`Outbound`] queue, like TCP lines: deliveries are pre-encoded frames shared by every
-//! WebSocket subscriber, and pong and close replies are queued there too, so frames never
-//! interleave. tungstenite's own automatic replies go to a sink (see [`ReadHalf`]).
+//! The reader thread reads the client's frames with [`FrameReader`], which checks them (masking,
+//! fragmentation, control frames, UTF-8, the size limit) and holds no buffer between them. The
+//! server's frames are written only through the client's [`Outbound`] queue, like TCP lines:
+//! deliveries are pre-encoded frames shared by every WebSocket subscriber, and pong and close
+//! replies are queued there too, so frames never interleave.
 //!
 //! The server pings a quiet client every `ws_ping_interval`; a client that sends nothing, not
 //! even a pong, for two intervals is closed.
@@ -19,19 +19,16 @@ use crate::context::{Conn, Context, Slot};
 use crate::metrics;
 use crate::net;
 use crate::report::ErrorChain;
-use crate::wsframe::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG};
+use crate::wsframe::{
+    self, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG,
+};
 use crate::wsjson::{self, WsCommand};
+use crate::wsread::{FrameReader, Message, ReadError};
 use http::StatusCode;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
-use tungstenite::error::{CapacityError, Error as WsError};
-use tungstenite::protocol::{Role, WebSocketConfig, frame::coding::CloseCode};
-use tungstenite::{Message, WebSocket};
-
-/// Close code for a text frame that is not UTF-8 (RFC 6455, 7.4.1).
-const CLOSE_INVALID_DATA: u16 = 1007;
 
 /// Why a WebSocket request has no usable token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -117,32 +114,58 @@ pub(crate) fn admit(
     })
 }
 
-/// The socket as tungstenite sees it: reads come from the client; writes are dropped, because
-/// every frame the server sends goes through the outbound queue instead (tungstenite would
-/// otherwise answer pings and closes itself, from the reader thread, interleaving with the
-/// writer's frames).
-struct ReadHalf(Arc<TcpStream>);
+/// The client's side of the connection: the bytes it sent right after its request head (read
+/// with the head), then the socket. Those early bytes are freed once they have been read.
+struct Source<'a> {
+    early: Vec<u8>,
+    taken: usize,
+    sock: &'a TcpStream,
+}
 
-impl Read for ReadHalf {
+impl Read for Source<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
+        if self.taken < self.early.len() {
+            let n = buf.len().min(self.early.len() - self.taken);
+            buf[..n].copy_from_slice(&self.early[self.taken..self.taken + n]);
+            self.taken += n;
+            if self.taken == self.early.len() {
+                self.early = Vec::new();
+                self.taken = 0;
+            }
+            return Ok(n);
+        }
+        self.sock.read(buf)
     }
 }
 
-impl Write for ReadHalf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
-    }
+/// An admitted upgrade request, to be answered with 101 and run as a session.
+pub(crate) struct Upgraded {
+    pub(crate) conn: Conn,
+    pub(crate) sock: Arc<TcpStream>,
+    /// The request's `Sec-WebSocket-Key`.
+    pub(crate) key: Vec<u8>,
+    /// What the client sent after the request head.
+    pub(crate) rest: Vec<u8>,
+}
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+impl Upgraded {
+    /// Answers the upgrade with 101 and runs the session until it closes. Dropping the
+    /// connection's [`Conn`] at the end gives everything back.
+    #[inline(never)]
+    pub(crate) fn run(self, ctx: &Arc<Context>) {
+        let Upgraded {
+            conn,
+            sock,
+            key,
+            rest,
+        } = self;
+        run(ctx, conn, sock, &key, rest);
     }
 }
 
 /// Answers an admitted upgrade request with 101 (`key` is its `Sec-WebSocket-Key`) and runs
 /// the session until it closes; `rest` is what the client sent after the request head.
-/// Dropping the connection's [`Conn`] at the end gives everything back.
-pub(crate) fn run(ctx: &Arc<Context>, conn: Conn, sock: Arc<TcpStream>, key: &[u8], rest: Vec<u8>) {
+fn run(ctx: &Arc<Context>, conn: Conn, sock: Arc<TcpStream>, key: &[u8], rest: Vec<u8>) {
     let peer = conn.sub.out.peer();
     let accept_key = tungstenite::handshake::derive_accept_key(key);
     let switching = format!(
@@ -155,24 +178,17 @@ pub(crate) fn run(ctx: &Arc<Context>, conn: Conn, sock: Arc<TcpStream>, key: &[u
     }
     log::debug!("{peer}: WebSocket open");
     let out = Arc::clone(&conn.sub.out);
-    let max = ctx.config.max_line_bytes;
-    let config = WebSocketConfig::default()
-        // Small: an idle subscriber should cost little; big messages grow it as needed.
-        .read_buffer_size(4096)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
-    let ws = WebSocket::from_partially_read(
-        ReadHalf(Arc::clone(&sock)),
-        rest,
-        Role::Server,
-        Some(config),
-    );
     let mut session = Session {
         ctx: Arc::clone(ctx),
         conn,
         peer,
     };
-    session.read_loop(ws, &sock);
+    let mut src = Source {
+        early: rest,
+        taken: 0,
+        sock: &sock,
+    };
+    session.read_loop(&mut src, &sock);
     drop(session);
     // Another thread may still be writing the queue, our close frame last: shutting the socket
     // down before that would end the connection without a closing handshake. The writer thread
@@ -193,22 +209,21 @@ struct Session {
 }
 
 impl Session {
-    fn read_loop(&mut self, mut ws: WebSocket<ReadHalf>, sock: &TcpStream) {
+    fn read_loop(&mut self, src: &mut Source, sock: &TcpStream) {
         let interval = Duration::from_secs(self.ctx.config.ws_ping_interval);
         let _ = sock.set_read_timeout(Some(interval));
+        let mut frames = FrameReader::new(self.ctx.config.max_line_bytes);
         let mut pinged = false;
         loop {
-            match ws.read() {
+            match frames.read(src) {
                 Ok(msg) => {
                     pinged = false;
                     if !self.handle(msg) {
                         return;
                     }
                 }
-                // A read interrupted by a signal or a debugger (the socket has a timeout, so
-                // the kernel does not restart it) leaves tungstenite's state as it was.
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(WsError::Io(e))
+                // A quiet interval: the frame reader keeps what it has read of a frame.
+                Err(ReadError::Io(e))
                     if matches!(
                         e.kind(),
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -225,26 +240,27 @@ impl Session {
                     pinged = true;
                     self.conn.sub.out.reply(wsframe::ping(b"mist"));
                 }
-                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => return,
-                Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+                Err(ReadError::Closed) => return,
+                Err(ReadError::TooBig { size, max }) => {
                     log::debug!("{}: message of {size} bytes over the limit", self.peer);
-                    self.close(
-                        CLOSE_TOO_BIG,
-                        &format!("message larger than {max_size} bytes"),
-                    );
+                    self.close(CLOSE_TOO_BIG, &format!("message larger than {max} bytes"));
                     return;
                 }
-                Err(WsError::Utf8(_)) => {
+                Err(ReadError::Utf8) => {
                     self.close(CLOSE_INVALID_DATA, "text frame is not UTF-8");
                     return;
                 }
-                Err(WsError::Protocol(e)) => {
+                Err(ReadError::CloseReason) => {
+                    self.close(CLOSE_INVALID_DATA, "close reason is not UTF-8");
+                    return;
+                }
+                Err(ReadError::Protocol(e)) => {
                     log::debug!("{}: protocol error: {e}", self.peer);
                     self.close(CLOSE_PROTOCOL, "protocol error");
                     return;
                 }
-                Err(e) => {
-                    log::debug!("{}: read failed: {e}", self.peer);
+                Err(e @ ReadError::Io(_)) => {
+                    log::debug!("{}: {}", self.peer, ErrorChain(&e));
                     return;
                 }
             }
@@ -258,7 +274,7 @@ impl Session {
                 if !self.conn.sub.out.wait_reply_room() {
                     return false;
                 }
-                let reply = match wsjson::parse(text.as_str(), self.ctx.config.max_tags) {
+                let reply = match wsjson::parse(&text, self.ctx.config.max_tags) {
                     Ok(cmd) => self.execute(cmd),
                     Err(e) => {
                         metrics::add(&self.ctx.metrics.errors_sent, 1);
@@ -267,7 +283,7 @@ impl Session {
                 };
                 self.conn.sub.out.reply(wsframe::text(reply.as_bytes()));
             }
-            Message::Binary(_) => {
+            Message::Binary => {
                 metrics::add(&self.ctx.metrics.errors_sent, 1);
                 let reply =
                     wsjson::failure(None, "binary frames are not supported; send JSON text");
@@ -276,14 +292,10 @@ impl Session {
             Message::Ping(payload) => {
                 self.conn.sub.out.reply(wsframe::pong(&payload));
             }
-            Message::Pong(_) | Message::Frame(_) => {}
-            Message::Close(frame) => {
+            Message::Pong => {}
+            Message::Close(code) => {
                 // Echo the client's code, as RFC 6455 asks; then the session is over.
-                let code = frame.map_or(CLOSE_NORMAL, |f| match f.code {
-                    CloseCode::Status | CloseCode::Abnormal | CloseCode::Tls => CLOSE_NORMAL,
-                    c => u16::from(c),
-                });
-                self.close(code, "");
+                self.close(code.unwrap_or(CLOSE_NORMAL), "");
                 return false;
             }
         }

@@ -1,7 +1,7 @@
 //! Encoding of the WebSocket frames the server sends (RFC 6455, section 5.2).
 //!
 //! Server frames are never masked, so a delivery frame is the same bytes for every WebSocket
-//! subscriber and can be encoded once per message. Reading client frames is tungstenite's job.
+//! subscriber and can be encoded once per message. Client frames are read by `wsread`.
 
 const FIN: u8 = 0x80;
 const OP_TEXT: u8 = 0x1;
@@ -17,6 +17,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 /// Close code: policy violation (a revoked token).
 pub const CLOSE_POLICY: u16 = 1008;
+/// Close code: a text frame that is not UTF-8 (RFC 6455, 7.4.1).
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 /// Close code: message too big.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 

@@ -113,8 +113,6 @@ struct State {
 /// The outbound half of one client connection.
 pub struct Outbound {
     transport: Transport,
-    /// The writer thread's name, for when it is started.
-    writer_name: String,
     limits: Limits,
     metrics: Arc<Metrics>,
     /// The server's queue memory: the pool this queue counts in, and the other queues, to push
@@ -147,13 +145,8 @@ impl Outbound {
         memory: Arc<Memory>,
         peer: SocketAddr,
     ) -> Arc<Outbound> {
-        let kind = match transport {
-            Transport::Tcp => "tcp",
-            Transport::WebSocket => "ws",
-        };
         let pool = Arc::clone(&memory.pool);
         let out = Arc::new(Outbound {
-            writer_name: format!("mist-{kind}-w {peer}"),
             transport,
             limits,
             metrics,

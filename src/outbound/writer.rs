@@ -3,7 +3,7 @@
 //! waits for more, until the connection closes.
 
 use super::io::{self, Outcome, Round, Written};
-use super::{Outbound, State};
+use super::{Outbound, State, Transport};
 use crate::metrics;
 use parking_lot::MutexGuard;
 use std::collections::VecDeque;
@@ -28,7 +28,13 @@ impl Outbound {
         let me = Arc::clone(self);
         let mut writer = self.writer.lock();
         // Within the thread budget (see `capacity.rs`), like connection threads.
-        let spawned = crate::capacity::spawn(self.writer_name.clone(), WRITER_STACK, move || {
+        // The name is made only now: most connections never start their writer.
+        let kind = match self.transport {
+            Transport::Tcp => "tcp",
+            Transport::WebSocket => "ws",
+        };
+        let name = format!("mist-{kind}-w {}", self.peer);
+        let spawned = crate::capacity::spawn(name, WRITER_STACK, move || {
             me.run_writer();
             me.state.lock().writer_running = false;
         });

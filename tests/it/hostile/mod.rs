@@ -6,6 +6,7 @@
 //!
 //! - [`bad_bytes`]: NUL bytes, invalid UTF-8 and Unicode spaces in every field;
 //! - [`oversize`]: endless lines, huge tag lists, big heads and frames, deep JSON;
+//! - [`frames`]: WebSocket frames that break RFC 6455, and unusual ones that do not;
 //! - [`silence`]: stalls, silent clients, slowloris, unanswered pings;
 //! - [`floods`]: connection and subscription floods at the limits;
 //! - [`origins`]: WebSocket upgrades from foreign pages;
@@ -22,6 +23,7 @@
 
 mod bad_bytes;
 mod floods;
+mod frames;
 mod leaks;
 mod memory;
 mod origins;
