@@ -8,6 +8,7 @@
 //! once, into a second buffer laid out the same way.
 
 use crate::pool::Pool;
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -162,11 +163,23 @@ impl Batch {
         self.ws.get_or_init(|| {
             let mut bytes = Vec::with_capacity(self.lines.len() + self.len() * 24);
             let mut starts = Vec::with_capacity(self.len() + 1);
+            // One payload buffer for the whole batch, and the keys of the tags last seen: the
+            // messages of a run have the same tags, so a run writes its keys once. No
+            // allocation per message.
+            let mut payload = Vec::new();
+            let mut keys = Vec::new();
+            let mut keys_of: Option<&[u8]> = None;
             for i in 0..self.len() {
                 starts.push(bytes.len());
-                let tags = String::from_utf8_lossy(self.tags(i));
-                let json = ws_json(&tags, self.data(i));
-                crate::wsframe::append_text(&mut bytes, json.as_bytes());
+                let tags = self.tags(i);
+                if keys_of != Some(tags) {
+                    keys.clear();
+                    write_keys(&mut keys, tags);
+                    keys_of = Some(tags);
+                }
+                payload.clear();
+                write_delivery(&mut payload, &keys, self.data(i));
+                crate::wsframe::append_text(&mut bytes, &payload);
             }
             starts.push(bytes.len());
             Encoded { bytes, starts }
@@ -209,14 +222,41 @@ pub(crate) fn frame_tags(frame: &[u8]) -> Option<String> {
     Some(keys.join(","))
 }
 
-/// `{"keys":["a","b"],"data":"DATA"}`; bytes of the data that are not UTF-8 become U+FFFD.
-pub fn ws_json(tags: &str, data: &[u8]) -> String {
+/// `["a","b"]` for the tags `a,b`.
+fn write_keys(out: &mut Vec<u8>, tags: &[u8]) {
+    let tags = text(tags);
     let keys: Vec<&str> = tags.split(',').collect();
-    let data = String::from_utf8_lossy(data);
-    // Written by hand so the fields come in the documented order; serde_json escapes.
-    let keys = serde_json::to_string(&keys).expect("strings always serialise");
-    let data = serde_json::to_string(&data).expect("strings always serialise");
-    format!(r#"{{"keys":{keys},"data":{data}}}"#)
+    serde_json::to_writer(out, &keys).expect("writing to a Vec does not fail");
+}
+
+/// `{"keys":KEYS,"data":"DATA"}`, with `keys` from [`write_keys`]; bytes of the data that are
+/// not UTF-8 become U+FFFD. Written by hand so the fields come in the documented order;
+/// serde_json escapes.
+fn write_delivery(out: &mut Vec<u8>, keys: &[u8], data: &[u8]) {
+    out.extend_from_slice(b"{\"keys\":");
+    out.extend_from_slice(keys);
+    out.extend_from_slice(b",\"data\":");
+    serde_json::to_writer(&mut *out, &*text(data)).expect("writing to a Vec does not fail");
+    out.push(b'}');
+}
+
+/// The bytes as text: checked by the fast validation first, since nearly all data is UTF-8;
+/// only invalid bytes pay for their replacement.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// A delivery's JSON, as [`Batch::frames`] writes it.
+#[cfg(test)]
+pub fn ws_json(tags: &str, data: &[u8]) -> String {
+    let mut keys = Vec::new();
+    write_keys(&mut keys, tags.as_bytes());
+    let mut out = Vec::new();
+    write_delivery(&mut out, &keys, data);
+    String::from_utf8(out).expect("JSON is UTF-8")
 }
 
 impl Drop for Batch {
@@ -282,6 +322,36 @@ mod tests {
             ws_json("a,b", b"say \"hi\"\xff"),
             "{\"keys\":[\"a\",\"b\"],\"data\":\"say \\\"hi\\\"\u{fffd}\"}"
         );
+    }
+
+    /// Runs of equal tags share their keys, and every frame still carries its own message's
+    /// tags and data, whatever the data needs escaped or replaced.
+    #[test]
+    fn each_frame_carries_its_own_tags_and_data() {
+        let messages: [(&[u8], &[u8]); 6] = [
+            (b"a", b"1"),
+            (b"a", b"say \"hi\"\n\t\\"),
+            (b"a,b", b"\xff\xfe ok \xc3"),
+            (b"a", "é ✓".as_bytes()),
+            (b"a", b""),
+            (b"b,c,d", b"\x00\x1f"),
+        ];
+        let mut b = BatchBuilder::default();
+        for (tags, data) in messages {
+            b.push(tags, data);
+        }
+        let b = b.build();
+        let f = b.frames();
+        for (i, (tags, data)) in messages.iter().enumerate() {
+            let frame = f.bytes(f.span(i..i + 1));
+            let (payload, rest) = crate::wsframe::split_text(frame).unwrap();
+            assert!(rest.is_empty());
+            let value: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            let keys: Vec<&str> = std::str::from_utf8(tags).unwrap().split(',').collect();
+            assert_eq!(value["keys"], serde_json::json!(keys), "message {i}");
+            assert_eq!(value["data"], *String::from_utf8_lossy(data), "message {i}");
+            assert_eq!(payload, ws_json(&keys.join(","), data).as_bytes());
+        }
     }
 
     #[test]
