@@ -28,6 +28,8 @@ mod leaks;
 mod memory;
 mod origins;
 mod oversize;
+// The `debug-panic` fault hook exists only in debug builds.
+#[cfg(debug_assertions)]
 mod panics;
 mod remote_admin;
 mod secrets;

@@ -6,7 +6,6 @@ use super::*;
 /// The real (debug) binary: a connection thread that panics (`debug-panic`, a fault hook of
 /// debug builds) is logged with the peer's address, its connection closes, the counts go back
 /// down, and everyone else is served as before.
-#[cfg(debug_assertions)]
 #[test]
 fn a_panicking_connection_is_logged_with_its_peer_and_ends_only_itself() {
     let mut d = Proc::server_with("panic", "");
@@ -55,7 +54,6 @@ fn a_panicking_connection_is_logged_with_its_peer_and_ends_only_itself() {
 
 /// The same in-process: a server whose connections keep panicking keeps serving, and gives
 /// every slot back (`max_connections` 3, ten panics).
-#[cfg(debug_assertions)]
 #[test]
 fn a_panicking_connection_leaves_the_in_process_server_serving() {
     let server = TestServer::with(|c| c.max_connections = 3);
