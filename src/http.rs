@@ -138,7 +138,7 @@ fn receive(ctx: &Arc<Context>, stream: &TcpStream, peer: SocketAddr) -> Option<H
     let pending = match ctx.pending_heads.try_take(peer.ip()) {
         Ok(pending) => pending,
         Err(refusal) => {
-            refuse_pending(stream, peer, refusal);
+            refuse_pending(ctx, stream, peer, refusal);
             return None;
         }
     };
@@ -197,21 +197,25 @@ fn answer(ctx: &Context, stream: &TcpStream, head: &Head) {
 }
 
 /// Answers a connection that found no slot to read its head in: 429 when its address holds
-/// all of its own, 503 when the whole server is at its bound. Only the first refusal of a run
-/// of them is a warning, so that a flood of connections cannot flood the log.
-fn refuse_pending(stream: &TcpStream, peer: SocketAddr, refusal: Refusal) {
-    let (status, body, why) = match refusal {
+/// all of its own, 503 when the whole server is at its bound; counted by reason. Only the
+/// first refusal of a run of them is a warning, so that a flood of connections cannot flood
+/// the log.
+fn refuse_pending(ctx: &Context, stream: &TcpStream, peer: SocketAddr, refusal: Refusal) {
+    let (status, body, why, counter) = match refusal {
         Refusal::Address { limit, .. } => (
             StatusCode::TOO_MANY_REQUESTS,
             "too many pending requests from this address\n",
             format!("{limit} request heads are already in progress from this address"),
+            &ctx.metrics.http_heads_refused_address,
         ),
         Refusal::Total { limit, .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many pending requests\n",
             format!("{limit} request heads are already in progress"),
+            &ctx.metrics.http_heads_refused_server,
         ),
     };
+    metrics::add(counter, 1);
     if refusal.first() {
         log::warn!(
             "{peer}: {why}; answering {} to more until some finish",

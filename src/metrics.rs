@@ -21,6 +21,11 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// Connection and writer threads the system refused to start (see `capacity.rs`).
     pub thread_start_failures: AtomicU64,
+    /// HTTP connections answered 429 because their address had all its request heads in
+    /// progress (see `pending.rs`).
+    pub http_heads_refused_address: AtomicU64,
+    /// HTTP connections answered 503 because the server had all its request heads in progress.
+    pub http_heads_refused_server: AtomicU64,
     /// Subscriptions held (gauge).
     pub subscriptions: AtomicU64,
     /// Messages published.
@@ -115,6 +120,15 @@ impl Metrics {
             "counter",
             "Connection and writer threads the system refused to start (see vm.max_map_count).",
             &[("", g(&self.thread_start_failures))],
+        );
+        metric(
+            "mist_http_heads_refused_total",
+            "counter",
+            "HTTP connections refused before their request was read: too many request heads in progress from their address (429) or in all (503).",
+            &[
+                ("{reason=\"address\"}", g(&self.http_heads_refused_address)),
+                ("{reason=\"server\"}", g(&self.http_heads_refused_server)),
+            ],
         );
         metric(
             "mist_subscriptions",

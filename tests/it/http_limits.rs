@@ -1,7 +1,7 @@
 //! The HTTP port's limits: request heads in progress per client address and in total, the
 //! number of headers, tokens sent as raw UTF-8, and the listen backlog of every listener.
 
-use crate::support::http::{plain, read_response, upgrade_request_bytes};
+use crate::support::http::{metric, plain, read_response, upgrade_request_bytes};
 use crate::support::{self, LineClient, TIMEOUT, TestServer, wait_until, ws_send, ws_text};
 use mist::{MAX_HEADERS, MAX_PENDING_HEADS, MAX_PENDING_HEADS_PER_ADDRESS};
 use std::collections::HashMap;
@@ -182,6 +182,16 @@ fn one_address_cannot_starve_the_http_port() {
         &upgrade_request_bytes("", b"X-Auth-Token: tok\r\n"),
     )
     .expect("the upgrade from 127.0.0.2 succeeds");
+    // Each refusal is counted, by its reason.
+    let text = server.context().metrics().render();
+    assert_eq!(
+        metric(&text, "mist_http_heads_refused_total{reason=\"address\"}"),
+        (1_100 - MAX_PENDING_HEADS_PER_ADDRESS + 1) as u64
+    );
+    assert_eq!(
+        metric(&text, "mist_http_heads_refused_total{reason=\"server\"}"),
+        0
+    );
     // Once the stalled clients leave, nothing is left of them in the server.
     drop(stalled);
     wait_until("the stalled heads are given up", TIMEOUT, || {
@@ -218,6 +228,15 @@ fn the_total_bound_holds_over_all_addresses() {
     assert_eq!(
         ping_from("127.0.0.2", server.http),
         plain("503 Service Unavailable", "too many pending requests\n", "")
+    );
+    let text = server.context().metrics().render();
+    assert_eq!(
+        metric(&text, "mist_http_heads_refused_total{reason=\"server\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&text, "mist_http_heads_refused_total{reason=\"address\"}"),
+        0
     );
     // One address gives up its heads: the others are served again.
     drop(stalled.pop());
