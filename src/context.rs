@@ -38,7 +38,7 @@ pub struct Context {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) conns: Connections,
     /// The HTTP request heads being read, bounded in total and per client address.
-    pub(crate) pending_heads: PendingHeads,
+    pub(crate) pending_heads: Arc<PendingHeads>,
     /// The bytes all clients' queues hold together (`queue_memory_limit`), and the queues.
     pub(crate) queue_memory: Arc<Memory>,
     shutting_down: AtomicBool,
@@ -59,7 +59,7 @@ impl Context {
         let tokens = Tokens::new(store, broker.clone(), Arc::clone(&metrics));
         Arc::new(Context {
             conns: Connections::new(config.max_connections),
-            pending_heads: PendingHeads::default(),
+            pending_heads: Arc::new(PendingHeads::default()),
             queue_memory,
             config,
             broker,

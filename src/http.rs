@@ -110,6 +110,20 @@ pub enum HeadError {
     Io(#[source] io::Error),
 }
 
+impl HeadError {
+    /// The status that answers it; `None` when nobody is left to answer.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            HeadError::TooLarge | HeadError::TooManyHeaders => {
+                Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            }
+            HeadError::Timeout => Some(StatusCode::REQUEST_TIMEOUT),
+            HeadError::Malformed(_) => Some(StatusCode::BAD_REQUEST),
+            HeadError::Closed | HeadError::Io(_) => None,
+        }
+    }
+}
+
 /// Serves one HTTP connection: a plain request to the end, or a WebSocket upgrade up to its
 /// admission. An admitted upgrade is returned, to be run by the caller once this function's
 /// frames are off the stack: the session's thread keeps every stack page it ever touched, so
@@ -152,15 +166,9 @@ fn receive(ctx: &Arc<Context>, stream: &TcpStream, peer: SocketAddr) -> Option<H
         }
         Err(e) => {
             log::debug!("{peer}: {}", ErrorChain(&e));
-            let status = match e {
-                HeadError::TooLarge | HeadError::TooManyHeaders => {
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-                }
-                HeadError::Timeout => StatusCode::REQUEST_TIMEOUT,
-                HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
-                HeadError::Closed | HeadError::Io(_) => return None,
-            };
-            respond(stream, status, &format!("{e}\n"));
+            if let Some(status) = e.status() {
+                respond(stream, status, &format!("{e}\n"));
+            }
             None
         }
     }
@@ -473,9 +481,21 @@ fn respond_with(
     );
 }
 
-/// Writes a response, led by its `Content-Length` (none on a `304`, which has no body) and
-/// `Connection: close`, and closes the connection.
-fn send(mut stream: &TcpStream, mut response: Response<&str>) {
+/// Writes a response, its head as [`response_head`] lays it out, and closes the connection.
+fn send(mut stream: &TcpStream, response: Response<&str>) {
+    let body = *response.body();
+    let mut bytes = response_head(response);
+    bytes.extend_from_slice(body.as_bytes());
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    if stream.write_all(&bytes).is_ok() {
+        net::linger(stream);
+    }
+}
+
+/// A response's head on the wire as mist writes every one: the status line, its
+/// `Content-Length` (none on a `304`, which has no body) and `Connection: close`, then its own
+/// headers and the blank line. The body follows it, except in the answer to `HEAD`.
+pub(crate) fn response_head(mut response: Response<&str>) -> Vec<u8> {
     let mut headers = HeaderMap::with_capacity(response.headers().len() + 2);
     if response.status() != StatusCode::NOT_MODIFIED {
         headers.insert(
@@ -486,15 +506,11 @@ fn send(mut stream: &TcpStream, mut response: Response<&str>) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     headers.extend(std::mem::take(response.headers_mut()));
     *response.headers_mut() = headers;
-    let bytes = serialize(&response);
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-    if stream.write_all(&bytes).is_ok() {
-        net::linger(stream);
-    }
+    head_bytes(&response)
 }
 
-/// The response's bytes on the wire.
-fn serialize(response: &Response<&str>) -> Vec<u8> {
+/// The status line and headers of a response, as they are, and the blank line after them.
+fn head_bytes(response: &Response<&str>) -> Vec<u8> {
     let status = response.status();
     let mut out = format!(
         "HTTP/1.1 {} {}\r\n",
@@ -509,7 +525,6 @@ fn serialize(response: &Response<&str>) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(response.body().as_bytes());
     out
 }
 
@@ -655,8 +670,30 @@ mod tests {
             .body("no\n")
             .unwrap();
         assert_eq!(
-            serialize(&r),
-            b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\nno\n"
+            head_bytes(&r),
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn every_response_says_its_length_and_close() {
+        let ok = Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body("{}\n")
+            .unwrap();
+        assert_eq!(
+            response_head(ok),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\
+              content-type: application/json\r\n\r\n"
+        );
+        let not_modified = Response::builder()
+            .status(StatusCode::NOT_MODIFIED)
+            .body("")
+            .unwrap();
+        assert_eq!(
+            response_head(not_modified),
+            b"HTTP/1.1 304 Not Modified\r\nconnection: close\r\n\r\n"
         );
     }
 }

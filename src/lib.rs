@@ -34,17 +34,21 @@
 //! - `pool`: the bytes all clients' queues hold together, against `queue_memory_limit`.
 //! - `context`: what connections share: [`Context`], `max_connections` slots, the
 //!   connection registry, and the guards that give a connection's resources back.
-//! - `net`: socket options, thread stacks, the open-files limit, the lingering close.
+//! - `net`: socket options, thread stacks, the open-files limit, accept errors, writing before a
+//!   deadline, the lingering close.
 //! - `tcp`: line-protocol connections.
 //! - `http`: the HTTP listener: `/subscribe/websocket`, `/ping`, `/metrics`, the console;
 //!   and [`serve`] for embedding.
-//! - `pending`: the HTTP request heads being read, bounded in total and per address.
+//! - `pending`: the HTTP request heads being read, bounded in total and per address (the
+//!   monitoring listener bounds its connections with one of its own).
 //! - `console`: the page at `/` that watches messages live in a browser (static files).
 //! - `ws`: WebSocket admission and sessions.
 //! - `auth`: the token store trait, its stores, and the token rules ([`Tokens`]).
 //! - `brake`: the per-address budget of failed attempts, and summarised logging (pure core).
 //! - `metrics`: counters and their Prometheus form.
-//! - `monitor`: the monitoring listener: `/healthz`, `/varz`, `/connz`, `/subsz`, `/metrics`.
+//! - `monitor`: the monitoring listener: its accept thread, its budget of connections and
+//!   threads, and (`monitor::endpoints`) what `/healthz`, `/varz`, `/connz`, `/subsz` and
+//!   `/metrics` answer. [`ConnzSort`] and the listener's limits are public.
 //! - `health`: whether the configured backends can be reached, for `/healthz`.
 //! - `capacity`: the kernel limits on connections, warned about at start; the thread budget.
 //! - `report`: an error and its causes on one line.
@@ -60,8 +64,9 @@
 //! panics, malloc, signals) and `bench` (`mist bench`, the load generator).
 //!
 //! Dependencies run one way: `server` → the listeners (`tcp`, `http`) → `ws` → `context`,
-//! `net`; `server` → `cluster` → `context`; nothing imports a module that imports it back (the
-//! broker and the token rules reach the bus through `relay`).
+//! `net`; `server` → `monitor` → `http` (request heads, responses), `context`; `server` →
+//! `cluster` → `context`; nothing imports a module that imports it back (the broker and the
+//! token rules reach the bus through `relay`).
 
 mod auth;
 mod brake;
@@ -123,6 +128,10 @@ pub use config::Config;
 pub use context::{Context, PublishError};
 pub use http::{MAX_HEAD, MAX_HEADERS, serve};
 pub use metrics::Metrics;
+pub use monitor::{
+    ConnzSort, MAX_MONITOR_CONNECTIONS, MAX_MONITOR_CONNECTIONS_PER_ADDRESS, MAX_MONITOR_LIMIT,
+    MONITOR_HEAD_TIMEOUT,
+};
 pub use net::raise_fd_limit;
 pub use pending::{MAX_PENDING_HEADS, MAX_PENDING_HEADS_PER_ADDRESS, PendingHeads};
 pub use report::ErrorChain;

@@ -26,6 +26,12 @@ pub struct Metrics {
     pub http_heads_refused_address: AtomicU64,
     /// HTTP connections answered 503 because the server had all its request heads in progress.
     pub http_heads_refused_server: AtomicU64,
+    /// Monitoring connections in service (gauge).
+    pub monitor_connections: AtomicU64,
+    /// Monitoring connections answered 429: their address had all its connections in service.
+    pub monitor_refused_address: AtomicU64,
+    /// Monitoring connections answered 503: the listener had all its connections in service.
+    pub monitor_refused_server: AtomicU64,
     /// Subscriptions held (gauge).
     pub subscriptions: AtomicU64,
     /// Messages published.
@@ -128,6 +134,21 @@ impl Metrics {
             &[
                 ("{reason=\"address\"}", g(&self.http_heads_refused_address)),
                 ("{reason=\"server\"}", g(&self.http_heads_refused_server)),
+            ],
+        );
+        metric(
+            "mist_monitor_connections",
+            "gauge",
+            "Monitoring connections in service.",
+            &[("", g(&self.monitor_connections))],
+        );
+        metric(
+            "mist_monitor_connections_refused_total",
+            "counter",
+            "Monitoring connections refused at once: too many in service from their address (429) or in all (503).",
+            &[
+                ("{reason=\"address\"}", g(&self.monitor_refused_address)),
+                ("{reason=\"server\"}", g(&self.monitor_refused_server)),
             ],
         );
         metric(

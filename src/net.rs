@@ -1,9 +1,11 @@
 //! Socket plumbing shared by the listeners: the options every client socket gets, the stack
-//! sizes of connection threads, the open-files limit, and the lingering close.
+//! sizes of connection threads, the open-files limit, accept errors, writing before a deadline,
+//! and the lingering close.
 
-use std::io::{self, Read};
-use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// Stack size of connection threads. They parse, match and copy; nothing recursive runs on
 /// them except JSON parsing, which `serde_json` bounds at 128 levels. Small stacks are what let
@@ -79,6 +81,108 @@ pub fn close_without_reset(stream: &TcpStream) {
     }
 }
 
+/// How long an accept loop waits after a failed `accept` before it tries again. The usual
+/// causes (out of descriptors, out of memory) last a while; retrying at once would only spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A listener's run of failed `accept` calls, logged once per run: its first failure as an
+/// error, the ones after it at DEBUG, and its end, with how many there were, when a connection
+/// is accepted again. A listener out of descriptors would otherwise log ten lines a second.
+#[derive(Debug)]
+pub struct AcceptErrors {
+    listener: &'static str,
+    failed: u64,
+}
+
+impl AcceptErrors {
+    /// No failure yet on the listener called `listener` in the log.
+    pub fn new(listener: &'static str) -> AcceptErrors {
+        AcceptErrors {
+            listener,
+            failed: 0,
+        }
+    }
+
+    /// Logs a failed `accept` (the first of a run as an error), then waits [`ACCEPT_BACKOFF`].
+    pub fn failed(&mut self, e: &io::Error) {
+        self.failed += 1;
+        if self.failed == 1 {
+            log::error!(
+                "{}: accept failed: {e}; retrying every {} ms until it works again",
+                self.listener,
+                ACCEPT_BACKOFF.as_millis()
+            );
+        } else {
+            log::debug!("{}: accept failed again: {e}", self.listener);
+        }
+        thread::sleep(ACCEPT_BACKOFF);
+    }
+
+    /// A connection was accepted: ends the run of failures, if there was one.
+    pub fn accepted(&mut self) {
+        if self.failed > 0 {
+            log::info!(
+                "{}: accepting again after {} failed attempts",
+                self.listener,
+                self.failed
+            );
+            self.failed = 0;
+        }
+    }
+}
+
+/// Wakes the thread blocked in `accept` on the listener bound to `addr`: a blocking accept only
+/// returns on a connection, so this makes one (its loop sees the stop flag and ends).
+pub fn wake_accept(addr: SocketAddr) {
+    let _ = TcpStream::connect_timeout(&reachable(addr), Duration::from_millis(500));
+}
+
+/// The address to connect to in order to reach a listener bound to `addr`.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
+        }
+        other => other,
+    }
+}
+
+/// Writes all of `parts`, one after the other, before `deadline`, however slowly the peer
+/// reads. The parts go out together (a vectored write), so a response's head and its body need
+/// not be copied into one buffer.
+///
+/// # Errors
+/// The deadline passed (`TimedOut`), or the write failed.
+pub fn write_all_before(
+    mut stream: &TcpStream,
+    parts: &[&[u8]],
+    deadline: Instant,
+) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut left = &mut slices[..];
+    IoSlice::advance_slices(&mut left, 0);
+    while !left.is_empty() {
+        let time = deadline.saturating_duration_since(Instant::now());
+        if time.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(time))?;
+        match stream.write_vectored(left) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut left, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Raises the soft limit on open files to the hard limit: each connection takes one.
 pub fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
@@ -137,5 +241,48 @@ mod tests {
             server_side.write_timeout().unwrap(),
             Some(Duration::from_secs(7))
         );
+    }
+
+    /// A connected pair: the client's end and the server's.
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (client, listener.accept().unwrap().0)
+    }
+
+    /// A peer that reads nothing: the write stops at the deadline, not only once a single
+    /// write has made no progress for that long.
+    #[test]
+    fn writing_stops_at_the_deadline() {
+        let (_client, server_side) = pair();
+        // More than the socket buffers on both sides hold.
+        let big = vec![b'x'; 64 << 20];
+        let start = Instant::now();
+        let e = write_all_before(&server_side, &[&big], start + Duration::from_millis(300))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    /// A peer that reads gets every part, in order, more than the socket buffers hold.
+    #[test]
+    fn a_reading_peer_gets_everything() {
+        let (mut client, server_side) = pair();
+        let reader = std::thread::spawn(move || {
+            client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).map(|_| got)
+        });
+        let (head, body) = (b"head".to_vec(), vec![b'y'; 16 << 20]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        write_all_before(&server_side, &[&head, &[], &body], deadline).unwrap();
+        drop(server_side);
+        let got = reader.join().unwrap().unwrap();
+        assert_eq!(got.len(), 4 + (16 << 20));
+        assert!(got.starts_with(b"heady"));
     }
 }

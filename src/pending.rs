@@ -5,10 +5,14 @@
 //! address that opens connections and never finishes its requests from taking every other
 //! client's turn. An address counts as one client: an IPv4 address, or an IPv6 /64 network
 //! (one host is usually given a whole /64), with IPv4-mapped IPv6 addresses counted as IPv4.
+//!
+//! The monitoring listener bounds its connections with a [`PendingHeads`] of its own, with
+//! smaller bounds, and holds each slot for the whole connection (see `monitor`).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 
 /// Request heads read at the same time from all addresses; past it, new connections get 503.
 pub const MAX_PENDING_HEADS: usize = 1024;
@@ -59,19 +63,20 @@ impl Refusal {
     }
 }
 
-/// A slot held while one request head is read; dropping it gives the slot back.
-pub struct HeadSlot<'a> {
-    heads: &'a PendingHeads,
+/// A slot held while one request head is read; dropping it gives the slot back. It owns a
+/// handle on its bounds, so that it can move to the thread that serves the connection.
+pub struct HeadSlot {
+    heads: Arc<PendingHeads>,
     key: IpAddr,
 }
 
-impl std::fmt::Debug for HeadSlot<'_> {
+impl std::fmt::Debug for HeadSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeadSlot").field("key", &self.key).finish()
     }
 }
 
-impl Drop for HeadSlot<'_> {
+impl Drop for HeadSlot {
     fn drop(&mut self) {
         self.heads.release(self.key);
     }
@@ -91,7 +96,7 @@ impl PendingHeads {
     ///
     /// # Errors
     /// The address, or the whole server, is at its bound.
-    pub(crate) fn try_take(&self, ip: IpAddr) -> Result<HeadSlot<'_>, Refusal> {
+    pub(crate) fn try_take(self: &Arc<Self>, ip: IpAddr) -> Result<HeadSlot, Refusal> {
         let key = client_key(ip);
         let mut st = self.state.lock();
         if let Some(e) = st.by_address.get_mut(&key)
@@ -120,7 +125,10 @@ impl PendingHeads {
                 reported: false,
             })
             .pending += 1;
-        Ok(HeadSlot { heads: self, key })
+        Ok(HeadSlot {
+            heads: Arc::clone(self),
+            key,
+        })
     }
 
     fn release(&self, key: IpAddr) {
@@ -181,7 +189,7 @@ mod tests {
 
     #[test]
     fn one_address_cannot_take_the_others_turn() {
-        let heads = PendingHeads::new(10, 3);
+        let heads = Arc::new(PendingHeads::new(10, 3));
         let a: Vec<_> = (0..3)
             .map(|_| heads.try_take(ip("10.0.0.1")).unwrap())
             .collect();
@@ -209,7 +217,7 @@ mod tests {
 
     #[test]
     fn the_total_bounds_all_addresses_together() {
-        let heads = PendingHeads::new(4, 3);
+        let heads = Arc::new(PendingHeads::new(4, 3));
         let held: Vec<_> = (1..=4)
             .map(|i| heads.try_take(ip(&format!("10.0.0.{i}"))).unwrap())
             .collect();
@@ -237,7 +245,7 @@ mod tests {
 
     #[test]
     fn the_table_only_holds_addresses_with_heads_in_progress() {
-        let heads = PendingHeads::new(1000, 2);
+        let heads = Arc::new(PendingHeads::new(1000, 2));
         for i in 0..500u32 {
             let addr = IpAddr::V4(i.into());
             let s = heads.try_take(addr).unwrap();
@@ -258,7 +266,7 @@ mod tests {
         );
         assert_eq!(client_key(ip("::1")), ip("::"));
         // A host's /64 is one client: its addresses share one bound.
-        let heads = PendingHeads::new(10, 1);
+        let heads = Arc::new(PendingHeads::new(10, 1));
         let _a = heads.try_take(ip("2001:db8::1")).unwrap();
         assert!(heads.try_take(ip("2001:db8::2")).is_err());
         assert!(heads.try_take(ip("2001:db8:0:1::1")).is_ok());

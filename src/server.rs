@@ -11,7 +11,7 @@ use crate::metrics;
 use crate::monitor::{Identity, Monitor};
 use crate::net;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
@@ -110,8 +110,8 @@ impl Server {
                 };
                 let health = Health::start(probes(&ctx));
                 let m = Monitor::start(listener, Arc::clone(&ctx), identity, health).map_err(
-                    |source| StartError::Bind {
-                        addr: "the monitoring listener".into(),
+                    |source| StartError::Thread {
+                        name: "mist-monitor",
                         source,
                     },
                 )?;
@@ -128,12 +128,17 @@ impl Server {
             bus,
             monitor,
         };
-        let listeners: [(&'static str, TcpListener, Handler); 2] = [
-            ("mist-accept-tcp", tcp, crate::tcp::accept),
-            ("mist-accept-http", http, crate::http::accept),
+        let listeners: [(&'static str, &'static str, TcpListener, Handler); 2] = [
+            ("mist-accept-tcp", "TCP listener", tcp, crate::tcp::accept),
+            (
+                "mist-accept-http",
+                "HTTP listener",
+                http,
+                crate::http::accept,
+            ),
         ];
-        for (name, listener, handler) in listeners {
-            match spawn_acceptor(name, listener, Arc::clone(&server.ctx), handler) {
+        for (name, what, listener, handler) in listeners {
+            match spawn_acceptor((name, what), listener, Arc::clone(&server.ctx), handler) {
                 Ok(handle) => server.acceptors.push(handle),
                 Err(source) => {
                     server.stop();
@@ -177,9 +182,8 @@ impl Server {
 
     fn stop(&mut self) {
         self.ctx.begin_shutdown();
-        // A blocking accept() only returns on a connection: make one to each listener.
         for addr in [self.tcp_addr, self.http_addr] {
-            let _ = TcpStream::connect_timeout(&reachable(addr), Duration::from_millis(500));
+            net::wake_accept(addr);
         }
         for handle in self.acceptors.drain(..) {
             let _ = handle.join();
@@ -269,19 +273,6 @@ fn host_name() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// The address to connect to in order to reach a listener bound to `addr`.
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
-        }
-        SocketAddr::V6(a) if a.ip().is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
-        }
-        other => other,
-    }
-}
-
 /// The fewest connections a listener queues for `accept`: what std's `TcpListener::bind`
 /// asks for.
 pub const MIN_BACKLOG: usize = 128;
@@ -341,24 +332,27 @@ fn listen_on(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
 
 type Handler = fn(&Arc<Context>, TcpStream, SocketAddr);
 
+/// Starts the accept thread `name` of `listener`, called `what` in the log.
 fn spawn_acceptor(
-    name: &str,
+    (name, what): (&'static str, &'static str),
     listener: TcpListener,
     ctx: Arc<Context>,
     handler: Handler,
 ) -> io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name(name.to_string())
-        .spawn(move || accept_loop(&listener, &ctx, handler))
+        .spawn(move || accept_loop(&listener, &ctx, handler, what))
 }
 
-fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>, handler: Handler) {
+fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>, handler: Handler, what: &'static str) {
+    let mut errors = net::AcceptErrors::new(what);
     loop {
         match listener.accept() {
             Ok((stream, peer)) => {
                 if ctx.shutting_down() {
                     return;
                 }
+                errors.accepted();
                 metrics::add(&ctx.metrics.connections_accepted, 1);
                 handler(ctx, stream, peer);
             }
@@ -367,8 +361,7 @@ fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>, handler: Handler) {
                     return;
                 }
                 // Out of descriptors or memory: back off instead of spinning on the error.
-                log::error!("accept failed: {e}");
-                thread::sleep(Duration::from_millis(50));
+                errors.failed(&e);
             }
         }
     }

@@ -9,7 +9,7 @@
 //!
 //! The rendering is pure ([`render`]); only [`run`] touches the terminal and the network.
 
-pub use crate::monitor::{MAX_LIMIT, Sort};
+pub use crate::monitor::{ConnzSort as Sort, MAX_MONITOR_LIMIT as MAX_LIMIT};
 use serde_json::Value;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

@@ -84,7 +84,7 @@ fn stalled_heads(from: &str, http: SocketAddr, n: usize) -> Vec<TcpStream> {
 /// Waits until `want` of `conns` have had a complete response (the server answers and closes
 /// them), and returns those responses. `poll(2)` is the barrier: the connections that stall
 /// never become readable.
-fn answered(conns: &[TcpStream], want: usize) -> Vec<String> {
+pub(crate) fn answered(conns: &[TcpStream], want: usize) -> Vec<String> {
     let mut got: HashMap<RawFd, Vec<u8>> = HashMap::new();
     let mut done = Vec::new();
     let deadline = Instant::now() + TIMEOUT;

@@ -1,9 +1,15 @@
 //! The monitoring listener: `/healthz`, `/varz`, `/connz`, `/subsz`, `/metrics`, on a port of
-//! its own with threads of its own.
+//! its own with a thread budget of its own.
 
-use crate::capacity::{get, metric};
+use crate::capacity::{Daemon, get, metric};
+use crate::http_limits::answered;
 use crate::pgsupport::Cluster;
-use crate::support::{LineClient, TIMEOUT, TestServer, ws_connect, ws_send, ws_sync};
+use crate::support::http::{http, plain, raw_connect, read_response};
+use crate::support::process::Proc;
+use crate::support::{
+    LineClient, TIMEOUT, TestServer, connect_from, wait_until, ws_connect, ws_send, ws_sync,
+};
+use mist::{MAX_MONITOR_CONNECTIONS, MAX_MONITOR_CONNECTIONS_PER_ADDRESS, MONITOR_HEAD_TIMEOUT};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -246,6 +252,7 @@ fn bad_requests_get_a_status_and_a_reason() {
         "POST /varz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     );
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    assert!(post.contains("\r\nallow: GET, HEAD\r\n"), "{post}");
     // A name other than localhost from a loopback peer: a page rebinding a name to 127.0.0.1.
     let rebound =
         raw("GET /connz HTTP/1.1\r\nHost: evil.example:9445\r\nConnection: close\r\n\r\n");
@@ -322,45 +329,305 @@ fn healthz_follows_the_postgres_token_store() {
     poll(Duration::from_secs(2), || get(m, "/healthz").0 == 200);
 }
 
-/// 200 monitoring connections that send half a request and stall take no client slot and do
-/// not starve anybody: clients connect and are answered, and the monitoring listener itself
-/// still answers, also after more than its write timeout without a new connection.
-#[test]
-fn slow_monitoring_connections_take_no_client_slot() {
-    let (s, m) = server(|c| c.max_connections = 2);
-    let mut slow: Vec<TcpStream> = (0..200)
-        .map(|_| {
-            let mut c = TcpStream::connect(m).expect("connect to the monitoring listener");
-            c.write_all(b"GET /connz HTTP/1.1\r\nHost: 127.0").unwrap();
-            c
-        })
-        .collect();
-    let mut tcp = s.client();
-    tcp.ping();
-    let mut other = s.client();
-    other.ping();
-    assert_eq!(
-        get(m, "/healthz").0,
-        503,
-        "two clients fill max_connections 2"
-    );
-    assert_eq!(get(m, "/varz").0, 200);
-    drop(other);
-    tcp.ping();
+// ---------------------------------------------------------------------------------------------
+// The listener's own budget: connections in service, request heads, accept errors
+// ---------------------------------------------------------------------------------------------
 
-    // Completing a stalled request gets it answered.
-    let c = &mut slow[0];
-    c.write_all(b".0.1\r\nConnection: close\r\n\r\n").unwrap();
-    c.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    // Still listening after a quiet spell longer than the write timeout (a timeout on the
-    // listening socket would have ended tiny_http's accept loop).
-    thread::sleep(Duration::from_secs(6));
-    assert_eq!(get(m, "/varz").0, 200);
-    let text = s.context().metrics().render();
-    assert_eq!(metric(&text, "mist_connections_refused_total"), 0);
+/// A response of the monitoring listener: plain text, never cached.
+fn monitor_plain(status: &str, body: &str) -> String {
+    plain(status, body, "cache-control: no-store\r\n")
+}
+
+/// `n` connections to the monitoring listener from `from`, each of which sent half a request
+/// head and stalls.
+fn stalled_monitor_heads(from: &str, monitor: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = connect_from(from.parse().unwrap(), monitor);
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0")
+                .unwrap();
+            s
+        })
+        .collect()
+}
+
+/// `GET /healthz` from the loopback address `from`: the status line and the body.
+fn healthz_from(from: &str, monitor: SocketAddr) -> String {
+    let mut s = connect_from(from.parse().unwrap(), monitor);
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {monitor}\r\n\r\n").as_bytes())
+        .unwrap();
+    read_response(&mut s)
+}
+
+/// The names of process `pid`'s threads (the kernel keeps the first 15 bytes of each).
+fn thread_names(pid: libc::pid_t) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_string())
+        .collect()
+}
+
+/// Process `pid`'s threads: those of the monitoring listener, and all others but the HTTP
+/// port's connection threads (the `/metrics` requests of the test start them, and one may
+/// still be ending).
+fn threads_of(pid: libc::pid_t) -> (usize, usize) {
+    let names = thread_names(pid);
+    let monitor = names
+        .iter()
+        .filter(|n| n.starts_with("mist-monitor") || n.starts_with("mist-accept-mon"))
+        .count();
+    let others = names
+        .iter()
+        .filter(|n| !n.starts_with("mist-http "))
+        .count();
+    (monitor, others)
+}
+
+/// One series of the `/metrics` of the server whose HTTP port is `http`.
+fn metric_of(http: SocketAddr, series: &str) -> u64 {
+    let (status, text) = get(http, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    metric(&text, series)
+}
+
+/// 200 monitoring connections that send half a request head and stall, first from one address,
+/// then from fifty: the listener serves at most 4 from one address and 16 in all, on the
+/// threads it started with, and answers every other connection at once, 429 or 503, without
+/// waiting for its request. The contract for everyone else: a request from another address is
+/// answered (200) while one address floods; while the whole budget is held it gets 503 at once;
+/// never does it wait. Meanwhile clients of the line port connect, up to `max_connections`, and
+/// are answered, and the process starts no thread.
+#[test]
+fn stalled_monitoring_connections_stay_within_the_listeners_budget() {
+    mist::raise_fd_limit();
+    let d = Daemon::start("monitor-flood", "max_connections 2\n");
+    let mut client = LineClient::connect(d.tcp);
+    client.ping();
+    let threads = threads_of(d.pid());
+    // Its workers and its accept thread, started with it.
+    assert_eq!(threads.0, MAX_MONITOR_CONNECTIONS + 1);
+    let per_address = MAX_MONITOR_CONNECTIONS_PER_ADDRESS;
+    let budget = MAX_MONITOR_CONNECTIONS;
+    let in_service = || metric_of(d.http, "mist_monitor_connections");
+
+    // One address: four in service, the other 196 refused at once.
+    let flooded = Instant::now();
+    let flood = stalled_monitor_heads("127.0.0.1", d.monitor, 200);
+    let refused = answered(&flood, 200 - per_address);
+    let too_many_here = monitor_plain(
+        "429 Too Many Requests",
+        "too many monitoring connections from this address\n",
+    );
+    assert!(refused.iter().all(|r| *r == too_many_here), "{refused:?}");
+    if flooded.elapsed() < MONITOR_HEAD_TIMEOUT {
+        assert_eq!(in_service(), per_address as u64);
+    }
+    assert_eq!(threads_of(d.pid()), threads);
+    client.ping();
+    assert_eq!(
+        healthz_from("127.0.0.2", d.monitor),
+        monitor_plain("200 OK", "ok\n")
+    );
+    drop(flood);
+    wait_until("the stalled connections are given up", TIMEOUT, || {
+        in_service() == 0
+    });
+
+    // Fifty addresses, four connections each: sixteen in service, every other one refused.
+    let flooded = Instant::now();
+    let flood: Vec<TcpStream> = (1..=50)
+        .flat_map(|i| stalled_monitor_heads(&format!("127.0.1.{i}"), d.monitor, 4))
+        .collect();
+    let refused = answered(&flood, 200 - budget);
+    let too_many = monitor_plain(
+        "503 Service Unavailable",
+        "too many monitoring connections\n",
+    );
+    assert!(refused.iter().all(|r| *r == too_many), "{refused:?}");
+    assert_eq!(threads_of(d.pid()), threads);
+    let mut second = LineClient::connect(d.tcp);
+    second.ping();
+    client.ping();
+    let health = healthz_from("127.0.0.2", d.monitor);
+    // Before the first stalled head could reach its deadline, every slot was still held.
+    if flooded.elapsed() < MONITOR_HEAD_TIMEOUT {
+        assert_eq!(in_service(), budget as u64);
+        assert_eq!(health, too_many);
+    } else {
+        assert!(
+            health == too_many || health.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{health}"
+        );
+    }
+
+    let refused = |reason: &str| {
+        metric_of(
+            d.http,
+            &format!("mist_monitor_connections_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(refused("address"), 196);
+    assert_eq!(refused("server"), 184 + u64::from(health == too_many));
+    // No monitoring connection took a client's slot.
+    assert_eq!(metric_of(d.http, "mist_connections_refused_total"), 0);
+}
+
+/// A request head longer than the limit gets 431 and its connection is closed; so does one with
+/// too many header fields. The listener reads no more than `MAX_HEAD` bytes of it.
+#[test]
+fn a_request_head_over_the_limit_gets_431() {
+    let (_s, m) = server(|_| {});
+    let mut long = format!("GET /varz HTTP/1.1\r\nHost: {m}\r\nX-Long: ").into_bytes();
+    long.resize(mist::MAX_HEAD + 1000, b'a');
+    let mut c = raw_connect(m);
+    c.write_all(&long).unwrap();
+    assert_eq!(
+        read_response(&mut c),
+        monitor_plain(
+            "431 Request Header Fields Too Large",
+            "request head larger than 16384 bytes\n"
+        )
+    );
+    let mut many = format!("GET /varz HTTP/1.1\r\nHost: {m}\r\n");
+    for i in 0..=mist::MAX_HEADERS {
+        many.push_str(&format!("X-Hop-{i}: 10.0.0.1\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(
+        http(m, many.as_bytes()),
+        monitor_plain(
+            "431 Request Header Fields Too Large",
+            "too many headers (more than 128)\n"
+        )
+    );
+    assert_eq!(get(m, "/healthz"), (200, "ok\n".to_string()));
+}
+
+/// A connection that sends nothing is answered 408 and closed once the head deadline has
+/// passed, and its slot is given back. The server runs as a process of its own, so that the
+/// time measured is its own, not shared with the servers of other tests in this process.
+#[test]
+fn a_silent_monitoring_connection_is_dropped_at_the_head_deadline() {
+    let d = Daemon::start("monitor-silent", "");
+    let mut silent = raw_connect(d.monitor);
+    silent
+        .set_read_timeout(Some(MONITOR_HEAD_TIMEOUT + TIMEOUT))
+        .unwrap();
+    let start = Instant::now();
+    let answer = read_response(&mut silent);
+    let took = start.elapsed();
+    assert_eq!(
+        answer,
+        monitor_plain("408 Request Timeout", "request head not complete in time\n")
+    );
+    assert!(
+        took >= MONITOR_HEAD_TIMEOUT - Duration::from_millis(100),
+        "{took:?}"
+    );
+    assert!(
+        took < MONITOR_HEAD_TIMEOUT + Duration::from_secs(3),
+        "{took:?}"
+    );
+    wait_until("its slot is given back", TIMEOUT, || {
+        metric_of(d.http, "mist_monitor_connections") == 0
+    });
+}
+
+/// `HEAD` gets the head of the `GET` answer, its length included, and no body.
+#[test]
+fn head_gets_the_length_without_the_body() {
+    let (_s, m) = server(|_| {});
+    assert_eq!(
+        http(
+            m,
+            format!("HEAD /healthz HTTP/1.1\r\nHost: {m}\r\n\r\n").as_bytes()
+        ),
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\
+         content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n\r\n"
+    );
+}
+
+/// The lowest descriptor number free in process `pid`: with the open-files limit set to it,
+/// the process cannot open another.
+fn lowest_free_fd(pid: libc::pid_t) -> u64 {
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|fd| !open.contains(fd)).unwrap()
+}
+
+/// Sets the soft open-files limit of process `pid`; returns the one it had.
+fn set_open_files(pid: libc::pid_t, soft: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit with a null new limit only writes the current one into `old`.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit reads `new` and writes nothing (old is null).
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_cur
+}
+
+/// Out of descriptors, `accept` fails for as long as that lasts: the monitoring listener logs
+/// the run of failures once, keeps trying, answers the connection that waited once descriptors
+/// are back, and says that it accepts again.
+#[test]
+fn the_monitoring_listener_keeps_listening_through_accept_errors() {
+    let d = Daemon::start("monitor-emfile", "log_level DEBUG\n");
+    let was = set_open_files(d.pid(), lowest_free_fd(d.pid()));
+    // Linux takes the descriptor for an accepted connection when `accept` is called, before it
+    // blocks: if the listener's `accept` was already waiting, this connection is served at
+    // once and the next `accept` fails; otherwise this one waits. Either way a run of failures
+    // begins now.
+    let mut waiting = raw_connect(d.monitor);
+    waiting
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", d.monitor).as_bytes())
+        .unwrap();
+    let mut log = Proc::lines_until(&d.proc.stderr, |l| {
+        l.contains("monitoring listener: accept failed: ")
+    });
+    let first = log.last().unwrap().clone();
+    assert!(
+        first.contains("[ERROR]") && first.contains("(os error 24)"),
+        "{first}"
+    );
+    // Retries go to DEBUG: three of them, then descriptors are back.
+    for _ in 0..3 {
+        log.extend(Proc::lines_until(&d.proc.stderr, |l| {
+            l.contains("monitoring listener: accept failed again: ")
+        }));
+    }
+    set_open_files(d.pid(), was);
+    assert_eq!(read_response(&mut waiting), monitor_plain("200 OK", "ok\n"));
+    assert_eq!(get(d.monitor, "/healthz"), (200, "ok\n".to_string()));
+    log.extend(Proc::lines_until(&d.proc.stderr, |l| {
+        l.contains("monitoring listener: accepting again after ")
+    }));
+    let attempts: u64 = log
+        .last()
+        .unwrap()
+        .split("accepting again after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(attempts >= 4, "{log:?}");
+    // One error for the whole run. (The other listeners may have had runs of their own, if
+    // their `accept` was called while descriptors were out.)
+    let loud = log
+        .iter()
+        .filter(|l| l.contains("monitoring listener"))
+        .filter(|l| l.contains("[ERROR]") || l.contains("[WARN]"))
+        .count();
+    assert_eq!(loud, 1, "{log:?}");
 }
 
 /// A large answer comes with its length, not chunked: a client that reads to the end of the
@@ -390,10 +657,12 @@ fn a_large_connz_comes_with_its_length() {
     c.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     assert!(body.len() > 32 * 1024, "{} bytes", body.len());
+    let head = head.to_ascii_lowercase();
     assert!(
-        head.contains(&format!("Content-Length: {}", body.len())),
+        head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
         "{head}"
     );
+    assert!(!head.contains("transfer-encoding"), "{head}");
     let v: Value = serde_json::from_str(body).unwrap();
     assert_eq!(v["total"], 201);
     drop(clients);

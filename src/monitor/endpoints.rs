@@ -1,192 +1,57 @@
-//! The monitoring listener (`monitor_listen_address`, default `127.0.0.1:9445`): plain HTTP
-//! for operators, served by `tiny_http`.
-//!
-//! | path | answer |
-//! | --- | --- |
-//! | `/healthz` | `200 ok`, or `503` with the reasons: shutting down, full, a backend down |
-//! | `/varz` | identity, listen addresses, limits, totals and every counter of `/metrics` |
-//! | `/connz?sort=queued_bytes\|dropped\|subscriptions\|age&limit=N&subs=1` | one object per connection |
-//! | `/subsz?limit=N` | the tag sets with the most subscribers |
-//! | `/metrics` | the Prometheus text of the HTTP port |
+//! What each path of the monitoring listener answers: routing, the query parameters (pure),
+//! and the snapshots behind `/healthz`, `/varz`, `/connz`, `/subsz` and `/metrics`.
 //!
 //! Answers are snapshots taken without stalling publishers: the connection registry's mutex
 //! is held only to copy its `Arc`s, the index's read lock (never its write lock) only to copy
 //! counts, and each queue's lock only to copy its counters ([`Outbound::stats`]); the JSON is
 //! built afterwards, holding nothing. No answer holds a token or message data.
 //!
-//! # Threads
-//!
-//! The listener never takes a client's slot or thread: `tiny_http` reads each monitoring
-//! connection on a thread of its own pool (separate from `max_connections`), and
-//! [`WORKERS`] threads of ours build and write the answers. The listening socket carries a
-//! write timeout ([`IO_TIMEOUT`]) and TCP keepalive, which every accepted connection inherits:
-//! a client that stops reading its answer frees the worker after that long, and a peer that
-//! vanished is noticed. A read timeout cannot be given the same way: on the listening socket
-//! it also bounds `accept`, and tiny_http stops listening at its first accept error. So a
-//! connection that sends nothing keeps its tiny_http thread until it closes (see
-//! ARCHITECTURE.md).
-//!
 //! A page in a browser can reach a loopback port; to keep it from reading these answers through
 //! a DNS name rebound to 127.0.0.1, a request from a loopback peer must name the server by IP
 //! address or `localhost` in its `Host` header (403 otherwise).
 
+use super::Identity;
 use crate::context::Context;
 use crate::health::Health;
+use crate::http::Head;
 use crate::outbound::{Outbound, QueueStats, Transport};
 use crate::tags::TagSet;
+use http::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Threads that answer monitoring requests.
-pub const WORKERS: usize = 2;
-/// How long writing an answer may make no progress before the connection is given up.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in a `/connz` answer unless `limit` says otherwise.
 pub const CONNZ_LIMIT: usize = 1024;
 /// Tag sets in a `/subsz` answer unless `limit` says otherwise.
 pub const SUBSZ_LIMIT: usize = 100;
-/// The largest `limit` accepted.
-pub const MAX_LIMIT: usize = 1_000_000;
+/// The largest `limit` accepted by `/connz` and `/subsz`.
+pub const MAX_MONITOR_LIMIT: usize = 1_000_000;
 
-/// What `/varz` tells about the server besides its state.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub node_name: String,
-    pub tcp: SocketAddr,
-    pub http: SocketAddr,
-    pub started: SystemTime,
-}
-
-/// A running monitoring listener.
-pub struct Monitor {
-    server: Arc<tiny_http::Server>,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
-    health: Arc<Health>,
-}
-
-/// Everything a worker needs.
-struct Shared {
-    ctx: Arc<Context>,
-    identity: Identity,
-    monitor: SocketAddr,
-    health: Arc<Health>,
-    started: Instant,
-}
-
-impl Monitor {
-    /// Serves the monitoring endpoints on `listener` (already bound).
-    ///
-    /// # Errors
-    /// The listener's options cannot be set.
-    pub fn start(
-        listener: TcpListener,
-        ctx: Arc<Context>,
-        identity: Identity,
-        health: Health,
-    ) -> io::Result<Monitor> {
-        let addr = listener.local_addr()?;
-        // Accepted sockets inherit these (Linux copies them from the listening socket).
-        let sock = socket2::SockRef::from(&listener);
-        sock.set_write_timeout(Some(IO_TIMEOUT))?;
-        sock.set_tcp_keepalive(
-            &socket2::TcpKeepalive::new()
-                .with_time(crate::net::KEEPALIVE_TIME)
-                .with_interval(crate::net::KEEPALIVE_INTERVAL)
-                .with_retries(crate::net::KEEPALIVE_RETRIES),
-        )?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map(Arc::new)
-            .map_err(io::Error::other)?;
-        let health = Arc::new(health);
-        let shared = Arc::new(Shared {
-            ctx,
-            identity,
-            monitor: addr,
-            health: Arc::clone(&health),
-            started: Instant::now(),
-        });
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers = (0..WORKERS)
-            .map(|_| {
-                let (server, shared, stop) =
-                    (Arc::clone(&server), Arc::clone(&shared), Arc::clone(&stop));
-                thread::Builder::new()
-                    .name("mist-monitor".into())
-                    .spawn(move || work(&server, &shared, &stop))
-                    .expect("cannot start a monitoring thread")
-            })
-            .collect();
-        Ok(Monitor {
-            server,
-            addr,
-            stop,
-            workers,
-            health,
-        })
-    }
-
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops answering and waits for the workers and the health thread.
-    pub fn shutdown(self) {
-        self.stop.store(true, Ordering::Release);
-        for _ in &self.workers {
-            self.server.unblock();
-        }
-        for w in self.workers {
-            let _ = w.join();
-        }
-        self.health.shutdown();
-        // Dropping the last handle stops tiny_http's accept thread.
-    }
-}
-
-fn work(server: &tiny_http::Server, shared: &Shared, stop: &AtomicBool) {
-    while !stop.load(Ordering::Acquire) {
-        let Ok(request) = server.recv() else { continue };
-        let answer = answer(shared, &request);
-        // The length is known: always Content-Length, never chunked (which tiny_http would
-        // pick past 32 KiB), so the simplest client can read a large /connz.
-        let mut response = tiny_http::Response::from_string(answer.body)
-            .with_chunked_threshold(usize::MAX)
-            .with_status_code(answer.status)
-            .with_header(header("Content-Type", answer.content_type))
-            .with_header(header("Cache-Control", "no-store"));
-        if answer.status == 405 {
-            response = response.with_header(header("Allow", "GET, HEAD"));
-        }
-        if let Err(e) = request.respond(response) {
-            log::debug!("monitoring: cannot answer: {e}");
-        }
-    }
-}
-
-fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
+/// What the answers are read from.
+pub(super) struct Sources {
+    pub ctx: Arc<Context>,
+    pub identity: Identity,
+    /// The monitoring listener's own address.
+    pub monitor: SocketAddr,
+    pub health: Arc<Health>,
+    pub started: Instant,
 }
 
 /// A response before it is written.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    content_type: &'static str,
-    body: String,
+pub(super) struct Answer {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: String,
 }
 
 impl Answer {
-    fn text(status: u16, body: impl Into<String>) -> Answer {
+    fn text(status: StatusCode, body: impl Into<String>) -> Answer {
         Answer {
             status,
             content_type: "text/plain; charset=utf-8",
@@ -198,39 +63,31 @@ impl Answer {
         let mut body = value.to_string();
         body.push('\n');
         Answer {
-            status: 200,
+            status: StatusCode::OK,
             content_type: "application/json",
             body,
         }
     }
 }
 
-fn answer(shared: &Shared, request: &tiny_http::Request) -> Answer {
-    use tiny_http::Method;
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        return Answer::text(405, "only GET\n");
+/// The answer to a request head from `peer`.
+pub(super) fn answer(src: &Sources, head: &Head, peer: SocketAddr) -> Answer {
+    if !matches!(head.method.as_str(), "GET" | "HEAD") {
+        return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
-    let host = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Host"))
-        .map(|h| h.value.as_str());
-    let peer_is_loopback = request
-        .remote_addr()
-        .is_some_and(|a| a.ip().to_canonical().is_loopback());
-    if peer_is_loopback && !host_allowed(host) {
+    let host = head
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if peer.ip().to_canonical().is_loopback() && !host_allowed(host) {
         return Answer::text(
-            403,
+            StatusCode::FORBIDDEN,
             "name this server by IP address or localhost in the Host header\n",
         );
     }
-    let (path, query) = match request.url().split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (request.url(), None),
-    };
-    match route(shared, path, query) {
+    match route(src, &head.path, head.query.as_deref()) {
         Ok(a) => a,
-        Err(BadRequest(reason)) => Answer::text(400, format!("{reason}\n")),
+        Err(BadRequest(reason)) => Answer::text(StatusCode::BAD_REQUEST, format!("{reason}\n")),
     }
 }
 
@@ -238,35 +95,35 @@ fn answer(shared: &Shared, request: &tiny_http::Request) -> Answer {
 #[derive(Debug, PartialEq, Eq)]
 struct BadRequest(String);
 
-fn route(shared: &Shared, path: &str, query: Option<&str>) -> Result<Answer, BadRequest> {
+fn route(src: &Sources, path: &str, query: Option<&str>) -> Result<Answer, BadRequest> {
     Ok(match path {
         "/healthz" => {
             params(query, &[])?;
-            healthz(shared)
+            healthz(src)
         }
         "/varz" => {
             params(query, &[])?;
-            Answer::json(&varz(shared))
+            Answer::json(&varz(src))
         }
         "/connz" => Answer {
-            status: 200,
+            status: StatusCode::OK,
             content_type: "application/json",
-            body: connz(&shared.ctx, &ConnzQuery::parse(query)?),
+            body: connz(&src.ctx, &ConnzQuery::parse(query)?),
         },
         "/subsz" => {
             let limit = SubszQuery::parse(query)?.limit;
-            Answer::json(&subsz(&shared.ctx, limit))
+            Answer::json(&subsz(&src.ctx, limit))
         }
         "/metrics" => {
             params(query, &[])?;
             Answer {
-                status: 200,
+                status: StatusCode::OK,
                 content_type: "text/plain; version=0.0.4",
-                body: shared.ctx.metrics.render(),
+                body: src.ctx.metrics.render(),
             }
         }
         _ => Answer::text(
-            404,
+            StatusCode::NOT_FOUND,
             "not found: /healthz, /varz, /connz, /subsz and /metrics are served here\n",
         ),
     })
@@ -318,9 +175,9 @@ fn params<'a>(
 
 fn limit(value: &str) -> Result<usize, BadRequest> {
     match value.parse::<usize>() {
-        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Ok(n) if (1..=MAX_MONITOR_LIMIT).contains(&n) => Ok(n),
         _ => Err(BadRequest(format!(
-            "limit must be a whole number from 1 to {MAX_LIMIT}, not '{}'",
+            "limit must be a whole number from 1 to {MAX_MONITOR_LIMIT}, not '{}'",
             crate::line::printable(value.as_bytes(), 40)
         ))),
     }
@@ -328,38 +185,38 @@ fn limit(value: &str) -> Result<usize, BadRequest> {
 
 /// The order of `/connz`: the largest first, or the oldest first for `age`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sort {
+pub enum ConnzSort {
     QueuedBytes,
     Dropped,
     Subscriptions,
     Age,
 }
 
-impl Sort {
+impl ConnzSort {
     /// Its name in the query.
     pub fn name(self) -> &'static str {
         match self {
-            Sort::QueuedBytes => "queued_bytes",
-            Sort::Dropped => "dropped",
-            Sort::Subscriptions => "subscriptions",
-            Sort::Age => "age",
+            ConnzSort::QueuedBytes => "queued_bytes",
+            ConnzSort::Dropped => "dropped",
+            ConnzSort::Subscriptions => "subscriptions",
+            ConnzSort::Age => "age",
         }
     }
 
     /// The sort of this name, if any.
-    pub fn from_name(value: &str) -> Option<Sort> {
+    pub fn from_name(value: &str) -> Option<ConnzSort> {
         [
-            Sort::QueuedBytes,
-            Sort::Dropped,
-            Sort::Subscriptions,
-            Sort::Age,
+            ConnzSort::QueuedBytes,
+            ConnzSort::Dropped,
+            ConnzSort::Subscriptions,
+            ConnzSort::Age,
         ]
         .into_iter()
         .find(|s| s.name() == value)
     }
 
-    fn parse(value: &str) -> Result<Sort, BadRequest> {
-        Sort::from_name(value).ok_or_else(|| {
+    fn parse(value: &str) -> Result<ConnzSort, BadRequest> {
+        ConnzSort::from_name(value).ok_or_else(|| {
             BadRequest(format!(
                 "sort must be queued_bytes, dropped, subscriptions or age, not '{}'",
                 crate::line::printable(value.as_bytes(), 40)
@@ -371,7 +228,7 @@ impl Sort {
 /// The parameters of `/connz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ConnzQuery {
-    sort: Sort,
+    sort: ConnzSort,
     limit: usize,
     subs: bool,
 }
@@ -379,13 +236,13 @@ struct ConnzQuery {
 impl ConnzQuery {
     fn parse(query: Option<&str>) -> Result<ConnzQuery, BadRequest> {
         let mut q = ConnzQuery {
-            sort: Sort::QueuedBytes,
+            sort: ConnzSort::QueuedBytes,
             limit: CONNZ_LIMIT,
             subs: false,
         };
         for (k, v) in params(query, &["sort", "limit", "subs"])? {
             match k {
-                "sort" => q.sort = Sort::parse(v)?,
+                "sort" => q.sort = ConnzSort::parse(v)?,
                 "limit" => q.limit = limit(v)?,
                 _ => {
                     q.subs = match v {
@@ -416,8 +273,8 @@ impl SubszQuery {
     }
 }
 
-fn healthz(shared: &Shared) -> Answer {
-    let ctx = &shared.ctx;
+fn healthz(src: &Sources) -> Answer {
+    let ctx = &src.ctx;
     let mut problems = Vec::new();
     if ctx.shutting_down() {
         problems.push("shutting down".to_string());
@@ -427,11 +284,11 @@ fn healthz(shared: &Shared) -> Answer {
             ctx.conns.max()
         ));
     }
-    problems.extend(shared.health.problems());
+    problems.extend(src.health.problems());
     if problems.is_empty() {
-        Answer::text(200, "ok\n")
+        Answer::text(StatusCode::OK, "ok\n")
     } else {
-        Answer::text(503, problems.join("\n") + "\n")
+        Answer::text(StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
     }
 }
 
@@ -463,13 +320,13 @@ fn connections(ctx: &Context) -> Vec<Conn> {
 }
 
 /// Sorts for `/connz`: largest first (oldest first for `age`), then by id. Pure.
-fn sort_conns(conns: &mut [Conn], sort: Sort) {
+fn sort_conns(conns: &mut [Conn], sort: ConnzSort) {
     conns.sort_unstable_by(|a, b| {
         let order = match sort {
-            Sort::QueuedBytes => b.stats.queued_bytes.cmp(&a.stats.queued_bytes),
-            Sort::Dropped => b.stats.dropped.cmp(&a.stats.dropped),
-            Sort::Subscriptions => b.subscriptions.cmp(&a.subscriptions),
-            Sort::Age => a.since.cmp(&b.since),
+            ConnzSort::QueuedBytes => b.stats.queued_bytes.cmp(&a.stats.queued_bytes),
+            ConnzSort::Dropped => b.stats.dropped.cmp(&a.stats.dropped),
+            ConnzSort::Subscriptions => b.subscriptions.cmp(&a.subscriptions),
+            ConnzSort::Age => a.since.cmp(&b.since),
         };
         order.then(a.id.cmp(&b.id))
     });
@@ -560,10 +417,10 @@ fn subsz(ctx: &Context, limit: usize) -> Value {
     })
 }
 
-fn varz(shared: &Shared) -> Value {
-    let ctx = &shared.ctx;
+fn varz(src: &Sources) -> Value {
+    let ctx = &src.ctx;
     let c = &ctx.config;
-    let id = &shared.identity;
+    let id = &src.identity;
     let (mut queued_msgs, mut queued_bytes) = (0u64, 0u64);
     for (_, out) in ctx.conns.snapshot() {
         let s = out.stats();
@@ -576,11 +433,11 @@ fn varz(shared: &Shared) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "node_name": id.node_name,
         "start": rfc3339(id.started),
-        "uptime_seconds": shared.started.elapsed().as_secs(),
+        "uptime_seconds": src.started.elapsed().as_secs(),
         "listen": {
             "tcp": id.tcp.to_string(),
             "http": id.http.to_string(),
-            "monitor": shared.monitor.to_string(),
+            "monitor": src.monitor.to_string(),
         },
         "limits": {
             "max_connections": c.max_connections,
@@ -633,7 +490,7 @@ fn counters(prometheus: &str) -> Value {
 }
 
 /// A time as RFC 3339 in UTC with milliseconds: `2026-11-27T09:15:02.113Z`. Pure.
-pub fn rfc3339(t: SystemTime) -> String {
+fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -664,16 +521,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn query_parameters() {
         let q = ConnzQuery::parse(None).unwrap();
         assert_eq!(
             (q.sort, q.limit, q.subs),
-            (Sort::QueuedBytes, CONNZ_LIMIT, false)
+            (ConnzSort::QueuedBytes, CONNZ_LIMIT, false)
         );
         let q = ConnzQuery::parse(Some("sort=age&limit=5&subs=1")).unwrap();
-        assert_eq!((q.sort, q.limit, q.subs), (Sort::Age, 5, true));
+        assert_eq!((q.sort, q.limit, q.subs), (ConnzSort::Age, 5, true));
         for (query, reason) in [
             (
                 "sort=name",
@@ -765,13 +623,13 @@ mod tests {
             conn(4, 30, 0, 0, 40),
         ];
         let ids = |c: &[Conn]| c.iter().map(|c| c.id).collect::<Vec<_>>();
-        sort_conns(&mut c, Sort::QueuedBytes);
+        sort_conns(&mut c, ConnzSort::QueuedBytes);
         assert_eq!(ids(&c), [2, 4, 3, 1]);
-        sort_conns(&mut c, Sort::Dropped);
+        sort_conns(&mut c, ConnzSort::Dropped);
         assert_eq!(ids(&c), [2, 3, 1, 4]);
-        sort_conns(&mut c, Sort::Subscriptions);
+        sort_conns(&mut c, ConnzSort::Subscriptions);
         assert_eq!(ids(&c), [1, 3, 2, 4]);
-        sort_conns(&mut c, Sort::Age);
+        sort_conns(&mut c, ConnzSort::Age);
         assert_eq!(ids(&c), [2, 3, 1, 4]);
     }
 
