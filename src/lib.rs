@@ -57,11 +57,11 @@
 //! - `relay`: the hook through which publishes and token changes reach the bus.
 //! - [`client`]: [`Client`], the blocking client of the line protocol that programs (and
 //!   `mist publish ...`) use.
-//! - [`top`]: `mist top`, the live terminal view of a server's monitoring endpoints.
 //!
 //! The `mist` binary (`src/main.rs`) has modules of its own, in `src/` beside these: `cli`
-//! (its arguments and help), `commands` (the client commands, on [`Client`]), `process` (log,
-//! panics, malloc, signals) and `bench` (`mist bench`, the load generator).
+//! (its arguments and help), `commands` (the client commands, on [`Client`]), `top` (`mist
+//! top`, the live terminal view of a server's monitoring endpoints), `process` (log, panics,
+//! malloc, signals) and `bench` (`mist bench`, the load generator).
 //!
 //! Dependencies run one way: `server` → the listeners (`tcp`, `http`) → `ws` → `context`,
 //! `net`; `server` → `monitor` → `http` (request heads, responses), `context`; `server` →
@@ -90,7 +90,6 @@ mod relay;
 mod report;
 mod server;
 mod tcp;
-pub mod top;
 mod ws;
 mod wsframe;
 mod wsread;

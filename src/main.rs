@@ -1,11 +1,13 @@
 //! The `mist` binary: the server (`mist -d`) or a client command (`mist publish ...`).
 //! Only arguments, the choice between server and client, and exit codes live here; the
-//! process's set-up around the server (log, panics, malloc, signals) is in [`process`].
+//! process's set-up around the server (log, panics, malloc, signals) is in [`process`], and
+//! `mist top`, a terminal program reading the monitoring listener over HTTP, in [`top`].
 
 mod bench;
 mod cli;
 mod commands;
 mod process;
+mod top;
 
 use cli::{Args, Bench, Command};
 use mist::config::{AuthStore, Config, Overrides};
@@ -57,21 +59,21 @@ fn main() -> ExitCode {
 
 /// `mist top`: exit code 2 for bad arguments, 1 when the server cannot be read.
 fn run_top(top: cli::Top, global_addr: Option<String>) -> ExitCode {
-    let Some(sort) = mist::top::Sort::from_name(&top.sort) else {
+    let Some(sort) = mist::ConnzSort::from_name(&top.sort) else {
         eprintln!(
             "mist top: --sort must be queued_bytes, dropped, subscriptions or age, not '{}'",
             top.sort
         );
         return ExitCode::from(2);
     };
-    if top.limit == 0 || top.limit > mist::top::MAX_LIMIT {
+    if top.limit == 0 || top.limit > mist::MAX_MONITOR_LIMIT {
         eprintln!(
             "mist top: --limit must be from 1 to {}",
-            mist::top::MAX_LIMIT
+            mist::MAX_MONITOR_LIMIT
         );
         return ExitCode::from(2);
     }
-    let opts = mist::top::Options {
+    let opts = top::Options {
         addr: top
             .monitor_addr
             .or(global_addr)
@@ -80,7 +82,7 @@ fn run_top(top: cli::Top, global_addr: Option<String>) -> ExitCode {
         limit: top.limit,
         once: top.once,
     };
-    match mist::top::run(&opts) {
+    match top::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mist top: {e}");

@@ -8,8 +8,10 @@
 //! Ctrl-C and on SIGTERM. `--once` prints one snapshot as a plain table, for scripts.
 //!
 //! The rendering is pure ([`render`]); only [`run`] touches the terminal and the network.
+//! A module of the binary: it is a client of the monitoring listener over HTTP, and takes
+//! from the library only the sort keys of `/connz` ([`ConnzSort`]) and the largest `limit`.
 
-pub use crate::monitor::{ConnzSort as Sort, MAX_MONITOR_LIMIT as MAX_LIMIT};
+use mist::ConnzSort;
 use serde_json::Value;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -45,7 +47,7 @@ pub enum TopError {
 pub struct Options {
     /// The monitoring listener, `HOST:PORT`.
     pub addr: String,
-    pub sort: Sort,
+    pub sort: ConnzSort,
     /// Most rows for `--once`.
     pub limit: usize,
     pub once: bool,
@@ -81,7 +83,7 @@ impl Snapshot {
     ///
     /// # Errors
     /// See [`run`].
-    pub fn fetch(addr: &str, sort: Sort, limit: usize) -> Result<Snapshot, TopError> {
+    pub fn fetch(addr: &str, sort: ConnzSort, limit: usize) -> Result<Snapshot, TopError> {
         let varz = get_json(addr, "/varz")?;
         let connz = get_json(addr, &format!("/connz?sort={}&limit={limit}", sort.name()))?;
         Ok(Snapshot {
@@ -163,7 +165,7 @@ impl Rates {
 pub fn render(
     snap: &Snapshot,
     rates: Option<Rates>,
-    sort: Sort,
+    sort: ConnzSort,
     width: usize,
     height: usize,
 ) -> Vec<String> {
@@ -277,12 +279,12 @@ fn bytes(n: u64) -> String {
 }
 
 /// The sort a key selects, `None` for other keys.
-fn sort_for_key(key: u8) -> Option<Sort> {
+fn sort_for_key(key: u8) -> Option<ConnzSort> {
     match key {
-        b'b' => Some(Sort::QueuedBytes),
-        b'd' => Some(Sort::Dropped),
-        b's' => Some(Sort::Subscriptions),
-        b'a' => Some(Sort::Age),
+        b'b' => Some(ConnzSort::QueuedBytes),
+        b'd' => Some(ConnzSort::Dropped),
+        b's' => Some(ConnzSort::Subscriptions),
+        b'a' => Some(ConnzSort::Age),
         _ => None,
     }
 }
@@ -458,7 +460,7 @@ mod tests {
                 dropped: 0.0
             })
         );
-        let lines = render(&now, rates, Sort::QueuedBytes, 200, 100);
+        let lines = render(&now, rates, ConnzSort::QueuedBytes, 200, 100);
         assert_eq!(
             lines[0],
             "mist 0.1.0  h:1445  up 1h02m  tcp 127.0.0.1:1445  monitor 127.0.0.1:9445"
@@ -480,7 +482,7 @@ mod tests {
     #[test]
     fn fits_the_terminal() {
         let snap = snapshot(0, Instant::now());
-        let lines = render(&snap, None, Sort::Age, 30, 7);
+        let lines = render(&snap, None, ConnzSort::Age, 30, 7);
         assert_eq!(lines.len(), 7);
         assert!(lines.iter().all(|l| l.chars().count() <= 30));
         assert_eq!(lines[2], "published 0  delivered 0  drop");
@@ -493,7 +495,7 @@ mod tests {
         assert_eq!(bytes(1536), "1.5K");
         assert_eq!(bytes(64 << 20), "64.0M");
         assert_eq!(duration(59), "59s");
-        assert_eq!(sort_for_key(b'd'), Some(Sort::Dropped));
+        assert_eq!(sort_for_key(b'd'), Some(ConnzSort::Dropped));
         assert_eq!(sort_for_key(b'x'), None);
     }
 }
