@@ -51,6 +51,12 @@ fn thread_budget() -> u64 {
     })
 }
 
+/// Reads the thread budget (once per process), so that it is not first read when the process
+/// may be out of descriptors.
+pub fn read_thread_budget() -> u64 {
+    thread_budget()
+}
+
 /// Counts a running thread; dropped when the thread ends, also by unwinding.
 struct Running;
 

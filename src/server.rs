@@ -70,6 +70,9 @@ impl Server {
                 config.max_connections
             );
         }
+        // Read now, while descriptors are to spare: read first when the process is out of
+        // them, it would fail and leave no budget at all.
+        capacity::read_thread_budget();
         let somaxconn = somaxconn();
         let backlog = listen_backlog(config.max_connections, somaxconn);
         log::debug!(
