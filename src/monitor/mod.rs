@@ -232,12 +232,19 @@ fn admit(shared: &Shared, jobs: &Sender<Job>, stream: TcpStream, peer: SocketAdd
 /// only that connection: the worker goes on with the next.
 fn work(queue: &Receiver<Job>, sources: &Sources) {
     for job in queue {
+        let Job {
+            stream,
+            peer,
+            _slot: slot,
+            _tracked: tracked,
+        } = job;
         let served = panic::catch_unwind(AssertUnwindSafe(|| {
-            serve(sources, &job.stream, job.peer);
+            serve(sources, &stream, peer, slot);
         }));
         if served.is_err() {
-            log::error!("monitoring: {}: the answer panicked", job.peer);
+            log::error!("monitoring: {peer}: the answer panicked");
         }
+        drop(tracked);
     }
 }
 
@@ -286,21 +293,30 @@ fn write_refusal(stream: &TcpStream, status: StatusCode, body: &str) {
     net::close_without_reset(stream);
 }
 
-/// Serves one admitted connection: one request head, one answer.
-fn serve(sources: &Sources, stream: &TcpStream, peer: SocketAddr) {
-    let head = match http::read_head(stream, Instant::now() + MONITOR_HEAD_TIMEOUT) {
-        Ok(head) => head,
+/// Serves one admitted connection: one request head, one answer. Its slot is given back once
+/// the answer is written, before the connection is closed: a client that reads the answer to
+/// its end finds the slot free again, so a script's requests one after another never meet
+/// their own slots (the closing takes a worker for at most a second, and the job queue holds
+/// as many jobs as there are slots).
+fn serve(sources: &Sources, stream: &TcpStream, peer: SocketAddr, slot: HeadSlot) {
+    let written = match http::read_head(stream, Instant::now() + MONITOR_HEAD_TIMEOUT) {
+        Ok(head) => {
+            let answer = endpoints::answer(sources, &head, peer);
+            let r = response(answer.status, answer.content_type, &answer.body);
+            write(stream, peer, r, wants_body(&head))
+        }
         Err(e) => {
             log::debug!("monitoring: {peer}: {}", ErrorChain(&e));
-            if let Some(status) = e.status() {
-                write(stream, peer, text(status, &format!("{e}\n")), true);
+            match e.status() {
+                Some(status) => write(stream, peer, text(status, &format!("{e}\n")), true),
+                None => false,
             }
-            return;
         }
     };
-    let answer = endpoints::answer(sources, &head, peer);
-    let r = response(answer.status, answer.content_type, &answer.body);
-    write(stream, peer, r, wants_body(&head));
+    drop(slot);
+    if written {
+        net::linger(stream);
+    }
 }
 
 /// Whether the answer carries its body: not for `HEAD`, which gets only the head.
@@ -325,15 +341,19 @@ fn text(status: StatusCode, body: &str) -> Response<&str> {
     response(status, "text/plain; charset=utf-8", body)
 }
 
-/// Writes a response within [`ANSWER_TIMEOUT`], then closes without cutting the client off.
-/// Only the head when `with_body` is false (the answer to `HEAD`).
-fn write(stream: &TcpStream, peer: SocketAddr, response: Response<&str>, with_body: bool) {
+/// Writes a response within [`ANSWER_TIMEOUT`]; true when it was all written (then the caller
+/// closes without cutting the client off). Only the head when `with_body` is false (the answer
+/// to `HEAD`).
+fn write(stream: &TcpStream, peer: SocketAddr, response: Response<&str>, with_body: bool) -> bool {
     let body = if with_body { *response.body() } else { "" };
     let head = http::response_head(response);
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     match net::write_all_before(stream, &[&head, body.as_bytes()], deadline) {
-        Ok(()) => net::linger(stream),
-        Err(e) => log::debug!("monitoring: {peer}: cannot answer: {e}"),
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("monitoring: {peer}: cannot answer: {e}");
+            false
+        }
     }
 }
 

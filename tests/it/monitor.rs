@@ -40,13 +40,16 @@ pub(crate) fn stalled_subscriber(s: &TestServer, m: SocketAddr) -> (TcpStream, L
     let mut stalled = LineClient::connect(s.tcp);
     stalled.send("subscribe slow");
     stalled.ping();
+    // Found by its address: connection ids follow the order in which the server took the
+    // connections, which need not be the order in which clients connected.
+    let me = stalled.stream.local_addr().unwrap().to_string();
     let id = json(m, "/connz?sort=age")["connections"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c["id"].as_u64().unwrap())
-        .max()
-        .unwrap();
+        .find(|c| c["peer"] == me.as_str())
+        .and_then(|c| c["id"].as_u64())
+        .unwrap_or_else(|| panic!("{me} is not in /connz"));
     let mut publisher = s.client();
     let data = "x".repeat(60_000);
     let deadline = Instant::now() + TIMEOUT;
@@ -59,7 +62,11 @@ pub(crate) fn stalled_subscriber(s: &TestServer, m: SocketAddr) -> (TcpStream, L
         if top["id"] == id && top["queued_bytes"].as_u64() > Some(0) {
             break;
         }
-        assert!(Instant::now() < deadline, "the stalled queue never filled");
+        assert!(
+            Instant::now() < deadline,
+            "the stalled queue never filled (connection {id}): {}",
+            json(m, "/connz?sort=age")
+        );
     }
     (stalled.stream, publisher, id)
 }
@@ -377,11 +384,28 @@ fn threads_of(pid: libc::pid_t) -> (usize, usize) {
         .iter()
         .filter(|n| n.starts_with("mist-monitor") || n.starts_with("mist-accept-mon"))
         .count();
+    // The HTTP port's connection threads come and go with the test's own `/metrics` requests;
+    // until one has named itself it bears its accept thread's name, so both are left out.
     let others = names
         .iter()
-        .filter(|n| !n.starts_with("mist-http "))
+        .filter(|n| !n.starts_with("mist-http ") && !n.starts_with("mist-accept-htt"))
         .count();
     (monitor, others)
+}
+
+/// Waits until the HTTP connections of the test's own `/metrics` requests are over: each holds
+/// one of the server's `max_connections` slots until its thread ends, and this test's server
+/// has two.
+fn http_threads_gone(pid: libc::pid_t) {
+    wait_until("the HTTP connections to end", TIMEOUT, || {
+        let names = thread_names(pid);
+        !names.iter().any(|n| n.starts_with("mist-http "))
+            && names
+                .iter()
+                .filter(|n| n.starts_with("mist-accept-htt"))
+                .count()
+                == 1
+    });
 }
 
 /// One series of the `/metrics` of the server whose HTTP port is `http`.
@@ -404,9 +428,12 @@ fn stalled_monitoring_connections_stay_within_the_listeners_budget() {
     let d = Daemon::start("monitor-flood", "max_connections 2\n");
     let mut client = LineClient::connect(d.tcp);
     client.ping();
+    // Its workers and its accept thread, started with it (a thread bears its name once it has
+    // run, which a busy machine may delay).
+    wait_until("the monitoring threads to be named", TIMEOUT, || {
+        threads_of(d.pid()).0 == MAX_MONITOR_CONNECTIONS + 1
+    });
     let threads = threads_of(d.pid());
-    // Its workers and its accept thread, started with it.
-    assert_eq!(threads.0, MAX_MONITOR_CONNECTIONS + 1);
     let per_address = MAX_MONITOR_CONNECTIONS_PER_ADDRESS;
     let budget = MAX_MONITOR_CONNECTIONS;
     let in_service = || metric_of(d.http, "mist_monitor_connections");
@@ -423,8 +450,9 @@ fn stalled_monitoring_connections_stay_within_the_listeners_budget() {
     if flooded.elapsed() < MONITOR_HEAD_TIMEOUT {
         assert_eq!(in_service(), per_address as u64);
     }
-    assert_eq!(threads_of(d.pid()), threads);
+    assert_eq!(threads_of(d.pid()), threads, "{:?}", thread_names(d.pid()));
     client.ping();
+    http_threads_gone(d.pid());
     assert_eq!(
         healthz_from("127.0.0.2", d.monitor),
         monitor_plain("200 OK", "ok\n")
@@ -445,7 +473,8 @@ fn stalled_monitoring_connections_stay_within_the_listeners_budget() {
         "too many monitoring connections\n",
     );
     assert!(refused.iter().all(|r| *r == too_many), "{refused:?}");
-    assert_eq!(threads_of(d.pid()), threads);
+    assert_eq!(threads_of(d.pid()), threads, "{:?}", thread_names(d.pid()));
+    http_threads_gone(d.pid());
     let mut second = LineClient::connect(d.tcp);
     second.ping();
     client.ping();
@@ -471,6 +500,17 @@ fn stalled_monitoring_connections_stay_within_the_listeners_budget() {
     assert_eq!(refused("server"), 184 + u64::from(health == too_many));
     // No monitoring connection took a client's slot.
     assert_eq!(metric_of(d.http, "mist_connections_refused_total"), 0);
+}
+
+/// A script's requests one after another from one address never meet their own slots: a slot
+/// is given back once its answer is written, before the connection closes.
+#[test]
+fn requests_one_after_another_are_all_answered() {
+    let (_s, m) = server(|_| {});
+    for i in 0..100 {
+        let (status, body) = get(m, "/healthz");
+        assert_eq!((status, body.as_str()), (200, "ok\n"), "request {i}");
+    }
 }
 
 /// A request head longer than the limit gets 431 and its connection is closed; so does one with
