@@ -45,6 +45,7 @@ fn upgrade_from(from: &str, http: SocketAddr, request: &[u8]) -> Result<(), Stri
         match s.read(&mut byte) {
             Ok(0) => break,
             Ok(_) => head.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => panic!("reading the upgrade response: {e}; got {head:?}"),
         }
     }
@@ -130,6 +131,7 @@ pub(crate) fn answered(conns: &[TcpStream], want: usize) -> Vec<String> {
                     }
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == ErrorKind::ConnectionReset => {
                         done.push((p.fd, String::from_utf8_lossy(buf).into_owned()));
                         break;

@@ -393,6 +393,17 @@ fn threads_of(pid: libc::pid_t) -> (usize, usize) {
     (monitor, others)
 }
 
+/// The monitoring listener has exactly the threads it started with, and no other thread was
+/// started (one may have ended: a line client's, say).
+fn no_new_threads(pid: libc::pid_t, before: (usize, usize)) {
+    let now = threads_of(pid);
+    assert!(
+        now.0 == before.0 && now.1 <= before.1,
+        "threads {now:?}, before {before:?}: {:?}",
+        thread_names(pid)
+    );
+}
+
 /// Waits until the HTTP connections of the test's own `/metrics` requests are over: each holds
 /// one of the server's `max_connections` slots until its thread ends, and this test's server
 /// has two.
@@ -450,7 +461,7 @@ fn stalled_monitoring_connections_stay_within_the_listeners_budget() {
     if flooded.elapsed() < MONITOR_HEAD_TIMEOUT {
         assert_eq!(in_service(), per_address as u64);
     }
-    assert_eq!(threads_of(d.pid()), threads, "{:?}", thread_names(d.pid()));
+    no_new_threads(d.pid(), threads);
     client.ping();
     http_threads_gone(d.pid());
     assert_eq!(
@@ -473,7 +484,7 @@ fn stalled_monitoring_connections_stay_within_the_listeners_budget() {
         "too many monitoring connections\n",
     );
     assert!(refused.iter().all(|r| *r == too_many), "{refused:?}");
-    assert_eq!(threads_of(d.pid()), threads, "{:?}", thread_names(d.pid()));
+    no_new_threads(d.pid(), threads);
     http_threads_gone(d.pid());
     let mut second = LineClient::connect(d.tcp);
     second.ping();
