@@ -13,7 +13,6 @@ use mist::{MAX_MONITOR_CONNECTIONS, MAX_MONITOR_CONNECTIONS_PER_ADDRESS, MONITOR
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::thread;
 use std::time::{Duration, Instant};
 
 /// A server with the monitoring listener on an ephemeral port.
@@ -286,17 +285,7 @@ fn healthz_reports_a_full_server() {
         )
     );
     drop(c);
-    poll(TIMEOUT, || get(m, "/healthz").0 == 200);
-}
-
-/// Calls `f` until it returns true; fails after `within`. Returns how long it took.
-fn poll(within: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < within, "not within {within:?}");
-        thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
+    wait_until("/healthz 200", TIMEOUT, || get(m, "/healthz").0 == 200);
 }
 
 /// `/healthz` follows the PostgreSQL token store: 503 within 2 s of the server going away,
@@ -318,7 +307,11 @@ fn healthz_follows_the_postgres_token_store() {
     assert_eq!(get(m, "/healthz"), (200, "ok\n".to_string()));
 
     cluster.down();
-    let took = poll(Duration::from_secs(2), || get(m, "/healthz").0 == 503);
+    let down = Instant::now();
+    wait_until("/healthz 503", Duration::from_secs(2), || {
+        get(m, "/healthz").0 == 503
+    });
+    let took = down.elapsed();
     let (_, reason) = get(m, "/healthz");
     assert!(
         reason.starts_with(&format!(
@@ -333,7 +326,9 @@ fn healthz_follows_the_postgres_token_store() {
     c.ping();
 
     cluster.up();
-    poll(Duration::from_secs(2), || get(m, "/healthz").0 == 200);
+    wait_until("/healthz 200", Duration::from_secs(2), || {
+        get(m, "/healthz").0 == 200
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -697,7 +692,9 @@ fn a_large_connz_comes_with_its_length() {
         .collect();
     let mut last = s.client();
     last.ping();
-    poll(TIMEOUT, || json(m, "/varz")["subscriptions"] == 200);
+    wait_until("200 subscriptions", TIMEOUT, || {
+        json(m, "/varz")["subscriptions"] == 200
+    });
     let mut c = TcpStream::connect(m).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     c.write_all(
